@@ -1,0 +1,253 @@
+//! JWT verification (tokens minted by the Veza Go API) and minting for dev and tests.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use veza_signaling::{ErrorCode, Grants};
+
+use crate::config::AuthConfig;
+
+/// Claims as golang-jwt v5 emits them: registered claims plus ours.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    /// The Veza user id.
+    pub sub: String,
+    /// The session this token admits to.
+    pub session: String,
+    /// Display name; defaults to `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub grants: Grants,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Who a verified token says the caller is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub user: String,
+    pub session: String,
+    pub name: String,
+    pub grants: Grants,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("{message}")]
+pub struct AuthError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl AuthError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        AuthError { code, message: message.into() }
+    }
+}
+
+/// Longest session id or user id we accept in a token.
+const MAX_ID_LEN: usize = 128;
+
+/// Checks tokens against the configured key, with the algorithm pinned.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// A configuration problem that stops the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("auth.algorithm {0:?} is not one of HS256, RS256, EdDSA")]
+    UnknownAlgorithm(String),
+    #[error("auth.algorithm {0} needs {1}")]
+    MissingKey(&'static str, &'static str),
+    #[error("reading auth.public_key_file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("auth key: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+}
+
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
+    match name {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        other => Err(KeyError::UnknownAlgorithm(other.to_owned())),
+    }
+}
+
+impl Verifier {
+    pub fn from_config(cfg: &AuthConfig) -> Result<Verifier, KeyError> {
+        let alg = parse_algorithm(&cfg.algorithm)?;
+        let key = match alg {
+            Algorithm::HS256 => {
+                let secret = cfg.secret.as_deref().ok_or(KeyError::MissingKey("HS256", "auth.secret"))?;
+                DecodingKey::from_secret(secret.as_bytes())
+            }
+            _ => {
+                let pem = match (&cfg.public_key_pem, &cfg.public_key_file) {
+                    (Some(pem), _) => pem.clone(),
+                    (None, Some(path)) => {
+                        std::fs::read_to_string(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?
+                    }
+                    (None, None) => {
+                        return Err(KeyError::MissingKey("RS256/EdDSA", "auth.public_key_pem or auth.public_key_file"));
+                    }
+                };
+                if alg == Algorithm::RS256 {
+                    DecodingKey::from_rsa_pem(pem.as_bytes())?
+                } else {
+                    DecodingKey::from_ed_pem(pem.as_bytes())?
+                }
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = cfg.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &cfg.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &cfg.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Verifier { key, validation })
+    }
+
+    /// Verifies a participant token. Never logs or echoes the token itself.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| classify(&e))?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.sub.len() > MAX_ID_LEN {
+            return Err(AuthError::new(ErrorCode::TokenInvalidClaims, "sub must be 1-128 characters"));
+        }
+        if !valid_session_id(&c.session) {
+            return Err(AuthError::new(
+                ErrorCode::TokenInvalidClaims,
+                "session must be 1-128 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        let name = c.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| c.sub.clone());
+        Ok(Identity { user: c.sub, session: c.session, name: name.chars().take(64).collect(), grants: c.grants })
+    }
+}
+
+/// Session ids travel in URLs and file names later: keep them plain.
+pub fn valid_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn classify(e: &jsonwebtoken::errors::Error) -> AuthError {
+    let (code, message) = match e.kind() {
+        ErrorKind::ExpiredSignature => (ErrorCode::TokenExpired, "token has expired"),
+        ErrorKind::ImmatureSignature => (ErrorCode::TokenNotYetValid, "token is not valid yet (nbf)"),
+        ErrorKind::InvalidSignature => (ErrorCode::TokenBadSignature, "token signature does not verify"),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            (ErrorCode::TokenWrongAlgorithm, "token is signed with an algorithm this server does not accept")
+        }
+        ErrorKind::InvalidIssuer => (ErrorCode::TokenWrongIssuer, "token issuer is not accepted"),
+        ErrorKind::InvalidAudience => (ErrorCode::TokenWrongAudience, "token audience is not accepted"),
+        ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => {
+            (ErrorCode::TokenInvalidClaims, "token claims are missing or malformed")
+        }
+        _ => (ErrorCode::TokenMalformed, "token is not a well-formed JWT"),
+    };
+    AuthError::new(code, message)
+}
+
+/// Mints HS256 tokens with the configured secret: `veza-sfu token`, dev mode and tests.
+pub struct Minter {
+    key: EncodingKey,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl Minter {
+    pub fn from_config(cfg: &AuthConfig) -> Result<Minter, KeyError> {
+        if parse_algorithm(&cfg.algorithm)? != Algorithm::HS256 {
+            return Err(KeyError::MissingKey(
+                "HS256",
+                "an HS256 secret to mint tokens (RS256/EdDSA tokens come from the Go API's private key)",
+            ));
+        }
+        let secret = cfg.secret.as_deref().ok_or(KeyError::MissingKey("HS256", "auth.secret"))?;
+        Ok(Minter {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+        })
+    }
+
+    pub fn mint(&self, identity: &Identity, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        let claims = Claims {
+            sub: identity.user.clone(),
+            session: identity.session.clone(),
+            name: Some(identity.name.clone()),
+            grants: identity.grants,
+            exp: now + ttl.as_secs(),
+            nbf: None,
+            iat: Some(now),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> AuthConfig {
+        AuthConfig { secret: Some("s3cret".into()), ..AuthConfig::default() }
+    }
+
+    fn ident() -> Identity {
+        Identity { user: "u1".into(), session: "jam".into(), name: "Ana".into(), grants: Grants::default() }
+    }
+
+    #[test]
+    fn minted_token_verifies() {
+        let t = Minter::from_config(&cfg()).unwrap().mint(&ident(), Duration::from_secs(60)).unwrap();
+        assert_eq!(Verifier::from_config(&cfg()).unwrap().verify(&t).unwrap(), ident());
+    }
+
+    #[test]
+    fn other_secret_is_bad_signature() {
+        let t = Minter::from_config(&cfg()).unwrap().mint(&ident(), Duration::from_secs(60)).unwrap();
+        let other = AuthConfig { secret: Some("other".into()), ..AuthConfig::default() };
+        let e = Verifier::from_config(&other).unwrap().verify(&t).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TokenBadSignature);
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let e = Verifier::from_config(&cfg()).unwrap().verify("not.a.jwt").unwrap_err();
+        assert_eq!(e.code, ErrorCode::TokenMalformed);
+    }
+
+    #[test]
+    fn session_ids_are_plain() {
+        assert!(valid_session_id("jam-1.a_b"));
+        assert!(!valid_session_id("../etc"));
+        assert!(!valid_session_id(""));
+    }
+}

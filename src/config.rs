@@ -1,0 +1,274 @@
+//! One `Config` for the whole server: built-in defaults < TOML file < `VEZA_*` environment.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use veza_signaling::IceServer;
+
+/// The server's configuration. Every limit lives here, with its default beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Development mode: generated HS256 secret kept in `data_dir`, loopback-only listeners,
+    /// sessions created on first join. Default: false.
+    pub dev: bool,
+    /// Where the server keeps its files (the dev secret; recordings later). Default: `./veza-data`.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub auth: AuthConfig,
+    pub sessions: SessionsConfig,
+    pub chat: ChatConfig,
+    /// STUN/TURN servers handed to clients in `joined`, as browsers take them. Default: none.
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// HTTP listener (signaling, REST, health, static client). Default: 0.0.0.0:7880 (dev: 127.0.0.1:7880).
+    pub listen: SocketAddr,
+    /// Directory of the reference web client served at `/`. Default: `static`.
+    pub static_dir: PathBuf,
+    /// Largest signaling message accepted, in bytes; larger ones get `message_too_large`. Default: 64 KiB.
+    pub max_message_bytes: usize,
+    /// Interval of WebSocket pings to each client. Default: 15 s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// A signaling socket silent for this long is closed and its participant leaves. Default: 45 s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Server messages queued for one client before it counts as too slow and is dropped. Default: 256.
+    pub outbound_queue: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address the media UDP sockets bind to. Default: 0.0.0.0 (dev: 127.0.0.1).
+    pub bind_ip: IpAddr,
+    /// First media UDP port; worker `n` listens on `udp_port + n`. Default: 7882.
+    pub udp_port: u16,
+    /// Media worker threads; 0 means one per CPU core. Default: 0.
+    pub workers: usize,
+    /// Addresses announced as ICE host candidates (public IP / NAT 1:1). Default: the bind
+    /// address, or every non-loopback interface address when bound to a wildcard.
+    pub announce_ips: Vec<IpAddr>,
+    /// Opus `maxaveragebitrate` asked of senders, in bit/s. Default: 128000.
+    pub max_average_bitrate: u32,
+    /// Opus packet duration asked of senders, in ms (`minptime`). Default: 10.
+    pub ptime_ms: u32,
+    /// Run ICE as a lite agent (answers checks, never sends them). Default: false.
+    pub ice_lite: bool,
+    /// ICE: no traffic for this long marks a connection disconnected. Default: 5 s.
+    #[serde(with = "humantime_serde")]
+    pub ice_disconnected_timeout: Duration,
+    /// ICE: no traffic for this long fails the connection; the participant leaves. Default: 15 s.
+    #[serde(with = "humantime_serde")]
+    pub ice_failed_timeout: Duration,
+    /// ICE keepalive interval. Default: 2 s.
+    #[serde(with = "humantime_serde")]
+    pub ice_keepalive_interval: Duration,
+    /// Kernel receive buffer of each worker socket, in bytes: one socket carries every
+    /// connection's bursts. Default: 8 MiB.
+    pub socket_buffer_bytes: usize,
+    /// Largest SDP accepted from a client, in bytes. Default: 32 KiB.
+    pub max_sdp_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// JWT algorithm, pinned: `HS256`, `RS256` or `EdDSA`. Default: HS256.
+    pub algorithm: String,
+    /// HS256 shared secret (the Go API's signing secret). Default: none (dev: generated).
+    pub secret: Option<String>,
+    /// RS256/EdDSA public key, PEM text. Default: none.
+    pub public_key_pem: Option<String>,
+    /// RS256/EdDSA public key, path to a PEM file. Default: none.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss`, when set. Default: none.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set. Default: none.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`. Default: 30 s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Create a session when the first participant's token names it. Default: true.
+    pub auto_create: bool,
+    /// Participants per session. Default: 16.
+    pub max_participants: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Longest chat message, in characters. Default: 2000.
+    pub max_chars: usize,
+    /// Sustained chat messages per second per participant. Default: 10.
+    pub rate_per_second: f64,
+    /// Messages a participant may send in a burst above the rate. Default: 10.
+    pub burst: u32,
+    /// Messages kept per session for late joiners. Default: 200.
+    pub history: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dev: false,
+            data_dir: PathBuf::from("veza-data"),
+            http: HttpConfig::default(),
+            media: MediaConfig::default(),
+            auth: AuthConfig::default(),
+            sessions: SessionsConfig::default(),
+            chat: ChatConfig::default(),
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7880)),
+            static_dir: PathBuf::from("static"),
+            max_message_bytes: 64 * 1024,
+            keepalive_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            outbound_queue: 256,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            udp_port: 7882,
+            workers: 0,
+            announce_ips: Vec::new(),
+            max_average_bitrate: 128_000,
+            ptime_ms: 10,
+            ice_lite: false,
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(15),
+            ice_keepalive_interval: Duration::from_secs(2),
+            socket_buffer_bytes: 8 * 1024 * 1024,
+            max_sdp_bytes: 32 * 1024,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: "HS256".to_owned(),
+            secret: None,
+            public_key_pem: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig { auto_create: true, max_participants: 16 }
+    }
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig { max_chars: 2000, rate_per_second: 10.0, burst: 10, history: 200 }
+    }
+}
+
+impl Config {
+    /// The defaults for dev mode: loopback only.
+    pub fn dev_defaults() -> Config {
+        let mut c = Config { dev: true, ..Config::default() };
+        c.http.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 7880));
+        c.media.bind_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        c
+    }
+
+    /// Loads defaults (dev or production) < the TOML file, if given < `VEZA_*` env.
+    /// Nested keys use `__` in env names: `VEZA_HTTP__LISTEN=0.0.0.0:8080`.
+    pub fn load(dev: bool, file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
+        let defaults = if dev { Config::dev_defaults() } else { Config::default() };
+        let mut fig = Figment::from(Serialized::defaults(defaults));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(Env::prefixed("VEZA_").split("__"));
+        let mut config: Config = fig.extract().map_err(Box::new)?;
+        config.dev |= dev;
+        Ok(config)
+    }
+
+    /// Number of media workers to run.
+    pub fn worker_count(&self) -> usize {
+        if self.media.workers > 0 {
+            self.media.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The fmtp line of our Opus profile: music, not voice.
+    pub fn opus_fmtp(&self) -> String {
+        format!(
+            "minptime={};useinbandfec=1;stereo=1;sprop-stereo=1;maxaveragebitrate={};usedtx=0",
+            self.media.ptime_ms, self.media.max_average_bitrate
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures must return figment::Error
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("veza.toml", "[http]\nlisten = \"127.0.0.1:9000\"\n[chat]\nmax_chars = 5\n")?;
+            jail.set_env("VEZA_CHAT__MAX_CHARS", "7");
+            let c = Config::load(false, Some(Path::new("veza.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.http.listen.port(), 9000);
+            assert_eq!(c.chat.max_chars, 7);
+            assert_eq!(c.chat.history, 200);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("veza.toml", "[http]\nlisten_typo = 1\n")?;
+            assert!(Config::load(false, Some(Path::new("veza.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn music_profile_is_stereo_fec_no_dtx() {
+        let f = Config::default().opus_fmtp();
+        for p in ["stereo=1", "sprop-stereo=1", "useinbandfec=1", "usedtx=0", "minptime=10", "maxaveragebitrate=128000"]
+        {
+            assert!(f.contains(p), "{f} lacks {p}");
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The HTTP surface: signaling WebSocket, health probes and the reference web client.
+
+mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::services::ServeDir;
+use veza_signaling::{ErrorCode, HttpError};
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::media::MediaEngine;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub verifier: Arc<Verifier>,
+    pub media: Arc<MediaEngine>,
+    /// False while starting or draining: `/readyz` says 503 and joins are refused.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let static_files = ServeDir::new(&state.config.http.static_dir);
+    Router::new()
+        .route("/v1/ws", get(ws::handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback_service(static_files)
+        .with_state(state)
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, "not accepting joins")
+    }
+}
+
+/// An error as a JSON body `{code, message}`.
+pub fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    (status, Json(HttpError { code, message: message.into() })).into_response()
+}

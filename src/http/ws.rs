@@ -1,0 +1,169 @@
+//! `GET /v1/ws`: the token is checked before the upgrade; then one task per socket relays
+//! client messages to the session's worker and the worker's messages to the client.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use futures_util::SinkExt;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+use veza_signaling::{ClientMessage, ErrorCode, LeaveReason, ServerMessage};
+
+use super::{AppState, error_response};
+use crate::auth::Identity;
+use crate::media::WorkerHandle;
+use crate::session::JoinRequest;
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    access_token: Option<String>,
+}
+
+/// Hard cap for one frame: past it the socket closes. Below it but above the configured
+/// message limit, the client gets `message_too_large` and the socket stays open.
+const HARD_FRAME_FACTOR: usize = 4;
+
+pub async fn handler(
+    State(state): State<AppState>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let token = query.access_token.or_else(|| bearer(&headers));
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return error_response(StatusCode::UNAUTHORIZED, ErrorCode::TokenMissing, "no access_token or bearer token");
+    };
+    let identity = match state.verifier.verify(&token) {
+        Ok(identity) => identity,
+        Err(e) => {
+            info!(code = ?e.code, "token refused");
+            return error_response(StatusCode::UNAUTHORIZED, e.code, e.message);
+        }
+    };
+    if !state.ready.load(Ordering::Acquire) {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, "server is not accepting joins");
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(_) => {
+            return error_response(
+                StatusCode::UPGRADE_REQUIRED,
+                ErrorCode::MalformedMessage,
+                "token is valid; connect with a WebSocket upgrade",
+            );
+        }
+    };
+    let limit = state.config.http.max_message_bytes;
+    upgrade
+        .max_message_size(limit * HARD_FRAME_FACTOR)
+        .max_frame_size(limit * HARD_FRAME_FACTOR)
+        .on_upgrade(move |socket| run(socket, state, identity))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+}
+
+fn participant_id() -> String {
+    let suffix: String = rand::rng().sample_iter(&Alphanumeric).take(12).map(char::from).collect();
+    format!("p{suffix}")
+}
+
+async fn run(mut socket: WebSocket, state: AppState, identity: Identity) {
+    let cfg = &state.config.http;
+    let worker = state.media.worker_for(&identity.session).clone();
+    let id = participant_id();
+    let (outbound, mut inbound_from_worker) = mpsc::channel(cfg.outbound_queue.max(1));
+    let join = JoinRequest { participant_id: id.clone(), identity, outbound };
+    if let Err(e) = worker.join(join).await {
+        let _ = socket.send(text_frame(&ServerMessage::error(e.code, e.message))).await;
+        let _ = socket.close().await;
+        return;
+    }
+    let reason = relay(&mut socket, &state, &worker, &id, &mut inbound_from_worker).await;
+    if let Some(reason) = reason {
+        worker.leave(&id, reason).await;
+    }
+    let _ = socket.close().await;
+}
+
+/// Runs until the socket ends; returns why the participant left, or `None` if the worker
+/// already removed them (it dropped our queue).
+async fn relay(
+    socket: &mut WebSocket,
+    state: &AppState,
+    worker: &WorkerHandle,
+    id: &str,
+    from_worker: &mut mpsc::Receiver<ServerMessage>,
+) -> Option<LeaveReason> {
+    let cfg = &state.config.http;
+    let mut keepalive = tokio::time::interval(cfg.keepalive_interval);
+    keepalive.tick().await; // the first tick is immediate
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            frame = socket.recv() => {
+                last_heard = Instant::now();
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        let reply = ServerMessage::error(ErrorCode::MalformedMessage, "binary frames are not part of the protocol");
+                        if socket.send(text_frame(&reply)).await.is_err() { return Some(LeaveReason::Disconnected); }
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None => return Some(LeaveReason::Disconnected),
+                    Some(Ok(_)) => continue, // ping/pong
+                    Some(Err(e)) => {
+                        debug!(participant = id, "socket error: {e}");
+                        return Some(LeaveReason::Disconnected);
+                    }
+                };
+                if text.len() > cfg.max_message_bytes {
+                    let reply = ServerMessage::error(
+                        ErrorCode::MessageTooLarge,
+                        format!("message is {} bytes; the limit is {}", text.len(), cfg.max_message_bytes),
+                    );
+                    if socket.send(text_frame(&reply)).await.is_err() { return Some(LeaveReason::Disconnected); }
+                    continue;
+                }
+                match ClientMessage::parse(text.as_str()) {
+                    Ok(ClientMessage::Leave) => return Some(LeaveReason::Left),
+                    Ok(message) => worker.signal(id, message).await,
+                    Err(e) => {
+                        let reply = ServerMessage::error(e.code(), e.to_string());
+                        if socket.send(text_frame(&reply)).await.is_err() { return Some(LeaveReason::Disconnected); }
+                    }
+                }
+            }
+            message = from_worker.recv() => match message {
+                Some(message) => {
+                    if socket.send(text_frame(&message)).await.is_err() {
+                        return Some(LeaveReason::Disconnected);
+                    }
+                }
+                None => return None,
+            },
+            _ = keepalive.tick() => {
+                if last_heard.elapsed() > cfg.idle_timeout {
+                    info!(participant = id, "signaling idle too long");
+                    return Some(LeaveReason::Disconnected);
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return Some(LeaveReason::Disconnected);
+                }
+            }
+        }
+    }
+}
+
+fn text_frame(message: &ServerMessage) -> Message {
+    Message::text(message.to_json())
+}

@@ -1,0 +1,18 @@
+//! veza-sfu: a selective forwarding unit for musicians jamming live.
+//!
+//! Layers, from the wire inwards: [`http`] (signaling WebSocket, probes, static client),
+//! [`session`] (who is in which session, who hears whom, chat), [`media`] (worker threads,
+//! sockets, peer connections and the forwarding hot path in [`media::forward`]).
+
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod dev;
+pub mod http;
+pub mod media;
+pub mod server;
+pub mod session;
+pub mod sim;
+
+pub use config::Config;
+pub use server::Server;

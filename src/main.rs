@@ -1,0 +1,159 @@
+//! The `veza-sfu` command line: serve, and mint tokens for development and tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use veza_sfu::auth::{Identity, Minter};
+use veza_sfu::{Config, Server, dev};
+use veza_signaling::Grants;
+
+#[derive(Parser)]
+#[command(name = "veza-sfu", version, about = "Veza's real-time audio SFU for musicians")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML configuration file (defaults < file < VEZA_* environment).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Development mode: no configuration needed, loopback only, generated secret.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// HTTP listen address (default 127.0.0.1:7880 in dev, 0.0.0.0:7880 otherwise).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// First media UDP port (default 7882).
+        #[arg(long)]
+        udp_port: Option<u16>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Mint a participant token with the configured HS256 secret (or the dev secret).
+    Token {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        session: String,
+        #[arg(long)]
+        user: String,
+        /// Display name (default: the user id).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        no_publish: bool,
+        #[arg(long)]
+        no_subscribe: bool,
+        #[arg(long)]
+        no_chat: bool,
+        /// Lifetime, e.g. 30m, 1h, 2d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, listen, udp_port, log_json } => {
+            init_logging(log_json);
+            let mut cfg = load(&config)?;
+            if let Some(listen) = listen {
+                cfg.http.listen = listen;
+            }
+            if let Some(port) = udp_port {
+                cfg.media.udp_port = port;
+            }
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
+        }
+        Command::Token { config, session, user, name, no_publish, no_subscribe, no_chat, ttl } => {
+            let cfg = load(&config)?;
+            let identity = Identity {
+                name: name.unwrap_or_else(|| user.clone()),
+                user,
+                session,
+                grants: Grants { publish: !no_publish, subscribe: !no_subscribe, chat: !no_chat },
+            };
+            println!("{}", mint(&cfg, &identity, ttl)?);
+            Ok(())
+        }
+    }
+}
+
+fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+    Config::load(args.dev, args.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
+/// webrtc-rs logs expected protocol races (a STUN check before the answer, ...) as warnings.
+const DEFAULT_LOG_FILTER: &str =
+    "info,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc_srtp=error,webrtc=error";
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Mints with the configured secret, else the dev secret a dev server left in `data_dir`.
+fn mint(cfg: &Config, identity: &Identity, ttl: Duration) -> anyhow::Result<String> {
+    let mut auth = cfg.auth.clone();
+    if auth.secret.is_none() {
+        auth.secret = dev::read_secret(&cfg.data_dir)?;
+    }
+    if auth.secret.is_none() {
+        bail!(
+            "no HS256 secret: set auth.secret (VEZA_AUTH__SECRET) or run `veza-sfu serve --dev` here first \
+             (it keeps its secret in {})",
+            dev::secret_path(&cfg.data_dir).display()
+        );
+    }
+    Ok(Minter::from_config(&auth)?.mint(identity, ttl)?)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let dev_mode = cfg.dev;
+    let server = Server::start(cfg).await?;
+    if dev_mode {
+        let identity = Identity {
+            user: "dev-user".into(),
+            session: "dev-jam".into(),
+            name: "Dev Musician".into(),
+            grants: Grants::default(),
+        };
+        let token = mint(&server.config, &identity, Duration::from_secs(24 * 3600))?;
+        println!("veza-sfu is running in dev mode.");
+        println!("Open the reference client: {}/?token={token}", server.http_url());
+        println!(
+            "More musicians: veza-sfu token --dev --session dev-jam --user NAME  (then {}/?token=...)",
+            server.http_url()
+        );
+    }
+    server
+        .run_until(async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!("cannot wait for Ctrl-C: {e}");
+                std::future::pending::<()>().await;
+            }
+            tracing::info!("interrupted: shutting down");
+        })
+        .await
+}

@@ -1,0 +1,115 @@
+//! Routes each datagram on a worker's shared socket to its peer connection.
+//!
+//! Known remote addresses map straight to a connection. A datagram from a new address can only
+//! be a STUN binding request, whose USERNAME ("ourUfrag:theirUfrag") names the connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// A peer connection's key in the worker.
+pub type ConnKey = usize;
+
+#[derive(Default)]
+pub struct Demux {
+    by_addr: HashMap<SocketAddr, ConnKey>,
+    by_ufrag: HashMap<String, ConnKey>,
+}
+
+impl Demux {
+    pub fn register(&mut self, ufrag: String, conn: ConnKey) {
+        self.by_ufrag.insert(ufrag, conn);
+    }
+
+    /// Remembers where a connection's traffic comes from (ICE may use several addresses).
+    pub fn learn(&mut self, addr: SocketAddr, conn: ConnKey) {
+        self.by_addr.insert(addr, conn);
+    }
+
+    /// Forgets everything about a connection.
+    pub fn forget(&mut self, conn: ConnKey) {
+        self.by_addr.retain(|_, c| *c != conn);
+        self.by_ufrag.retain(|_, c| *c != conn);
+    }
+
+    /// The connection a datagram belongs to; learns the address when STUN names it.
+    pub fn route(&mut self, src: SocketAddr, datagram: &[u8]) -> Option<ConnKey> {
+        if let Some(&conn) = self.by_addr.get(&src) {
+            return Some(conn);
+        }
+        let username = stun_username(datagram)?;
+        let ours = username.split(|b| *b == b':').next()?;
+        let conn = *self.by_ufrag.get(std::str::from_utf8(ours).ok()?)?;
+        self.by_addr.insert(src, conn);
+        Some(conn)
+    }
+
+    pub fn addresses(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    pub fn ufrags(&self) -> usize {
+        self.by_ufrag.len()
+    }
+}
+
+/// The USERNAME attribute of a STUN message, found without allocating (RFC 8489 §5, §14.3).
+pub fn stun_username(b: &[u8]) -> Option<&[u8]> {
+    const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+    const USERNAME: u16 = 0x0006;
+    if b.len() < 20 || b[0] & 0xC0 != 0 || b[4..8] != MAGIC_COOKIE {
+        return None;
+    }
+    let end = (20 + usize::from(u16::from_be_bytes([b[2], b[3]]))).min(b.len());
+    let mut at = 20;
+    while at + 4 <= end {
+        let kind = u16::from_be_bytes([b[at], b[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([b[at + 2], b[at + 3]]));
+        let value = at + 4;
+        if value + len > end {
+            return None;
+        }
+        if kind == USERNAME {
+            return Some(&b[value..value + len]);
+        }
+        at = value + len.div_ceil(4) * 4; // attributes are padded to 4 bytes
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding_request(username: &[u8]) -> Vec<u8> {
+        let padded = username.len().div_ceil(4) * 4;
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&((4 + padded) as u16).to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&0x0006u16.to_be_bytes());
+        m.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        m.extend_from_slice(username);
+        m.resize(20 + 4 + padded, 0);
+        m
+    }
+
+    #[test]
+    fn routes_new_address_by_ufrag_then_by_address() {
+        let mut d = Demux::default();
+        d.register("abc".into(), 3);
+        let src: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(d.route(src, b"\x80\x6f not stun"), None);
+        assert_eq!(d.route(src, &binding_request(b"abc:xyz1")), Some(3));
+        assert_eq!(d.route(src, b"\x80\x6f rtp now"), Some(3));
+        d.forget(3);
+        assert_eq!(d.route(src, b"\x80\x6f rtp now"), None);
+        assert_eq!((d.addresses(), d.ufrags()), (0, 0));
+    }
+
+    #[test]
+    fn truncated_stun_is_ignored() {
+        let mut m = binding_request(b"abc:xyz1");
+        m.truncate(26);
+        assert_eq!(stun_username(&m), None);
+    }
+}

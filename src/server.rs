@@ -1,0 +1,90 @@
+//! Starting and stopping a whole server: media workers plus the HTTP listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::media::MediaEngine;
+use crate::session::HostStats;
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub config: Arc<Config>,
+    pub media: Arc<MediaEngine>,
+    ready: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Binds everything and starts serving. In dev mode, fills in the dev secret first.
+    pub async fn start(mut config: Config) -> anyhow::Result<Server> {
+        if config.dev && config.auth.secret.is_none() && config.auth.algorithm == "HS256" {
+            config.auth.secret = Some(crate::dev::ensure_secret(&config.data_dir).context("creating the dev secret")?);
+        }
+        let verifier = Arc::new(Verifier::from_config(&config.auth)?);
+        let media = Arc::new(MediaEngine::start(&config).context("starting media workers")?);
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("binding HTTP listener {}", config.http.listen))?;
+        let http_addr = listener.local_addr()?;
+        let config = Arc::new(config);
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = AppState { config: config.clone(), verifier, media: media.clone(), ready: ready.clone() };
+        let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%http_addr, "HTTP listening");
+        Ok(Server { http_addr, config, media, ready, stop: Some(stop), task })
+    }
+
+    /// The signaling URL, e.g. `ws://127.0.0.1:7880/v1/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.http_addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    pub async fn stats(&self) -> HostStats {
+        self.media.stats().await
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Serves until `stop` completes (then shuts down) or the HTTP server fails.
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            ended = &mut self.task => {
+                ended??;
+                Ok(())
+            }
+            () = stop => self.shutdown().await,
+        }
+    }
+
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+}

@@ -1,0 +1,744 @@
+//! The state machine of one worker's sessions. The worker feeds it datagrams, timeouts and
+//! commands; it answers with datagrams to send and messages on participants' signaling queues.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use serde::Serialize;
+use slab::Slab;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use veza_signaling::{
+    CHAT_LABEL, ChatSender, ClientMessage, CodecProfile, ErrorCode, Joined, LeaveReason, PROTOCOL_VERSION, PcTarget,
+    ServerMessage, TrackInfo,
+};
+
+use super::participant::{Participant, PublishedTrack, SubscriberNegotiation};
+use crate::auth::Identity;
+use crate::chat::{self, ChatRoom, RateLimiter};
+use crate::config::Config;
+use crate::media::conn::{ConnKey, Conns, ParticipantKey, Role};
+use crate::media::demux::Demux;
+use crate::media::forward::{Route, Router};
+use crate::media::peer::PeerFactory;
+use crate::media::sdp;
+
+/// A participant asking to join, from a signaling socket whose token was verified.
+pub struct JoinRequest {
+    pub participant_id: String,
+    pub identity: Identity,
+    pub outbound: mpsc::Sender<ServerMessage>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("{message}")]
+pub struct JoinError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// What a worker holds, as counted by the worker itself.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct HostStats {
+    pub sessions: usize,
+    pub participants: usize,
+    pub connections: usize,
+    pub routes: usize,
+    pub demux_addresses: usize,
+    pub demux_ufrags: usize,
+    pub rtp_received: u64,
+    pub rtp_forwarded: u64,
+    pub rtp_not_live: u64,
+    pub rtp_forward_errors: u64,
+    pub datagrams_unrouted: u64,
+    pub chat_relayed: u64,
+    pub chat_refused: u64,
+}
+
+impl HostStats {
+    pub fn add(&mut self, o: &HostStats) {
+        self.sessions += o.sessions;
+        self.participants += o.participants;
+        self.connections += o.connections;
+        self.routes += o.routes;
+        self.demux_addresses += o.demux_addresses;
+        self.demux_ufrags += o.demux_ufrags;
+        self.rtp_received += o.rtp_received;
+        self.rtp_forwarded += o.rtp_forwarded;
+        self.rtp_not_live += o.rtp_not_live;
+        self.rtp_forward_errors += o.rtp_forward_errors;
+        self.datagrams_unrouted += o.datagrams_unrouted;
+        self.chat_relayed += o.chat_relayed;
+        self.chat_refused += o.chat_refused;
+    }
+}
+
+struct Session {
+    members: Vec<ParticipantKey>,
+    chat: ChatRoom,
+}
+
+pub struct Host {
+    config: Config,
+    factory: PeerFactory,
+    local: SocketAddr,
+    conns: Conns,
+    demux: Demux,
+    router: Router,
+    sessions: HashMap<String, Session>,
+    participants: Slab<Participant>,
+    by_id: HashMap<String, ParticipantKey>,
+    /// Participants to remove once the current pass over connections is done.
+    leaving: Vec<(ParticipantKey, LeaveReason)>,
+    next_ssrc: u32,
+    datagrams_unrouted: u64,
+    chat_relayed: u64,
+    chat_refused: u64,
+}
+
+impl Host {
+    pub fn new(config: Config, factory: PeerFactory, local: SocketAddr) -> Host {
+        Host {
+            config,
+            factory,
+            local,
+            conns: Conns::default(),
+            demux: Demux::default(),
+            router: Router::default(),
+            sessions: HashMap::new(),
+            participants: Slab::new(),
+            by_id: HashMap::new(),
+            leaving: Vec::new(),
+            next_ssrc: rand::random::<u32>() | 1,
+            datagrams_unrouted: 0,
+            chat_relayed: 0,
+            chat_refused: 0,
+        }
+    }
+
+    pub fn stats(&self) -> HostStats {
+        let c = self.router.counters;
+        HostStats {
+            sessions: self.sessions.len(),
+            participants: self.participants.len(),
+            connections: self.conns.len(),
+            routes: self.router.route_count(),
+            demux_addresses: self.demux.addresses(),
+            demux_ufrags: self.demux.ufrags(),
+            rtp_received: c.received,
+            rtp_forwarded: c.forwarded,
+            rtp_not_live: c.not_live,
+            rtp_forward_errors: c.errors,
+            datagrams_unrouted: self.datagrams_unrouted,
+            chat_relayed: self.chat_relayed,
+            chat_refused: self.chat_refused,
+        }
+    }
+
+    // ---- input -------------------------------------------------------------------------
+
+    /// A datagram arrived on the worker socket.
+    pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
+        let Some(key) = self.demux.route(src, data) else {
+            self.datagrams_unrouted += 1;
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            self.demux.forget(key);
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: src,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = conn.pc.handle_read(msg) {
+            debug!(conn = key, "datagram rejected: {e}");
+        }
+        self.conns.touch(key);
+    }
+
+    /// The earliest time a connection wants `handle_timeout`.
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        self.conns.iter_mut().filter_map(|(_, c)| c.pc.poll_timeout()).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for (key, c) in self.conns.iter_mut() {
+            if c.pc.poll_timeout().is_some_and(|t| t <= now) {
+                if let Err(e) = c.pc.handle_timeout(now) {
+                    debug!(conn = key, "timeout handling failed: {e}");
+                }
+                due.push(key);
+            }
+        }
+        due.into_iter().for_each(|k| self.conns.touch(k));
+    }
+
+    pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<(), JoinError> {
+        let ident = req.identity;
+        if !self.sessions.contains_key(&ident.session) && !self.config.sessions.auto_create {
+            return Err(JoinError {
+                code: ErrorCode::SessionNotFound,
+                message: format!("session {:?} does not exist", ident.session),
+            });
+        }
+        let history = self.config.chat.history;
+        let session = self
+            .sessions
+            .entry(ident.session.clone())
+            .or_insert_with(|| Session { members: Vec::new(), chat: ChatRoom::new(history) });
+        if session.members.len() >= self.config.sessions.max_participants {
+            return Err(JoinError {
+                code: ErrorCode::SessionFull,
+                message: format!("session is full ({} participants)", self.config.sessions.max_participants),
+            });
+        }
+        let chat_history = session.chat.history();
+        let key = self.participants.insert(Participant {
+            id: req.participant_id.clone(),
+            user: ident.user,
+            name: ident.name,
+            session: ident.session.clone(),
+            grants: ident.grants,
+            outbound: req.outbound,
+            publisher: None,
+            subscriber: None,
+            negotiation: SubscriberNegotiation::default(),
+            tracks: Vec::new(),
+            track_counter: 0,
+            muted: false,
+            chat: None,
+            chat_backlog: Default::default(),
+            chat_limiter: RateLimiter::new(self.config.chat.rate_per_second, self.config.chat.burst, now),
+        });
+        self.by_id.insert(req.participant_id, key);
+        let others: Vec<ParticipantKey> = session.members.clone();
+        session.members.push(key);
+
+        let me = &self.participants[key];
+        info!(participant = %me.id, session = %me.session, "joined");
+        let joined = Joined {
+            protocol_version: PROTOCOL_VERSION,
+            session_id: me.session.clone(),
+            participant: me.info(),
+            participants: others.iter().map(|o| self.participants[*o].info()).collect(),
+            ice_servers: self.config.ice_servers.clone(),
+            codec: CodecProfile {
+                mime_type: "audio/opus".to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                ptime_ms: self.config.media.ptime_ms,
+                max_average_bitrate: self.config.media.max_average_bitrate,
+                fmtp: self.factory.opus_fmtp.clone(),
+            },
+            chat_history,
+        };
+        self.send(key, ServerMessage::Joined(Box::new(joined)));
+        let announce = ServerMessage::ParticipantJoined { participant: self.participants[key].info() };
+        for o in &others {
+            self.send(*o, announce.clone());
+        }
+        // Hear everyone already publishing.
+        if self.participants[key].grants.subscribe {
+            for o in others {
+                let tracks: Vec<String> = self.participants[o].tracks.iter().map(|t| t.remote_id.clone()).collect();
+                for t in tracks {
+                    self.subscribe(now, key, o, &t);
+                }
+            }
+        }
+        self.flush_negotiations(now);
+        Ok(())
+    }
+
+    pub fn signal(&mut self, now: Instant, participant: &str, msg: ClientMessage) {
+        let Some(&key) = self.by_id.get(participant) else { return };
+        match msg {
+            ClientMessage::Offer { sdp } => self.on_publisher_offer(now, key, sdp),
+            ClientMessage::Answer { sdp } => self.on_subscriber_answer(now, key, sdp),
+            ClientMessage::Candidate { target, candidate } => {
+                let conn = match target {
+                    PcTarget::Publisher => self.participants[key].publisher,
+                    PcTarget::Subscriber => self.participants[key].subscriber,
+                };
+                let Some(conn) = conn else {
+                    return self.refuse(key, ErrorCode::InvalidCandidate, "no such connection yet");
+                };
+                if candidate.candidate.is_empty() {
+                    return; // end of candidates: nothing to do for us
+                }
+                let init = RTCIceCandidateInit {
+                    candidate: candidate.candidate,
+                    sdp_mid: candidate.sdp_mid,
+                    sdp_mline_index: candidate.sdp_mline_index,
+                    username_fragment: candidate.username_fragment,
+                    ..Default::default()
+                };
+                if let Some(c) = self.conns.get_mut(conn)
+                    && let Err(e) = c.pc.add_remote_candidate(init)
+                {
+                    self.refuse(key, ErrorCode::InvalidCandidate, format!("candidate rejected: {e}"));
+                }
+                self.conns.touch(conn);
+            }
+            ClientMessage::Mute { muted } => self.set_muted(key, muted),
+            ClientMessage::Ping { ts } => self.send(key, ServerMessage::Pong { ts }),
+            ClientMessage::Leave => self.leaving.push((key, LeaveReason::Left)),
+        }
+        self.finish_pass(now);
+    }
+
+    pub fn leave(&mut self, now: Instant, participant: &str, reason: LeaveReason) {
+        if let Some(&key) = self.by_id.get(participant) {
+            self.leaving.push((key, reason));
+            self.finish_pass(now);
+        }
+    }
+
+    // ---- processing --------------------------------------------------------------------
+
+    /// Reads events and messages of every touched connection, forwarding media as it goes.
+    pub fn pump(&mut self, now: Instant) {
+        let mut i = 0;
+        while let Some(key) = self.conns.touched_at(i) {
+            self.drain_connection(now, key);
+            i += 1;
+        }
+        self.finish_pass(now);
+    }
+
+    /// Hands every datagram the touched connections want sent to `send`.
+    pub fn transmit(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
+        let touched = self.conns.take_touched();
+        for &key in &touched {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            while let Some(out) = conn.pc.poll_write() {
+                let dst = out.transport.peer_addr;
+                // Our own STUN checks: answers from that address belong to this connection
+                // (binding responses carry no USERNAME to route them by).
+                if out.message.first().is_some_and(|b| *b < 2) {
+                    self.demux.learn(dst, key);
+                }
+                send(dst, &out.message);
+            }
+        }
+        self.conns.recycle(touched);
+    }
+
+    fn drain_connection(&mut self, now: Instant, key: ConnKey) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(event) = conn.pc.poll_event() else { break };
+            self.on_event(now, key, event);
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(TaggedRTCMessage { message, .. }) = conn.pc.poll_read() else { break };
+            match message {
+                RTCMessage::RtpPacket(track_id, packet) => {
+                    self.router.forward(&mut self.conns, key, &track_id, packet, now);
+                }
+                RTCMessage::DataChannelMessage(channel, msg) => {
+                    let owner = conn.participant;
+                    if conn.role == Role::Publisher
+                        && self.participants.get(owner).is_some_and(|p| p.chat == Some(channel))
+                    {
+                        self.on_chat(now, owner, &msg.data);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, key: ConnKey, event: RTCPeerConnectionEvent) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let owner = conn.participant;
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                conn.state = state;
+                debug!(conn = key, role = ?conn.role, "connection {state}");
+                if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) {
+                    self.leaving.push((owner, LeaveReason::MediaFailed));
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if conn.role == Role::Publisher => {
+                self.publish(now, owner, init.track_id);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) if conn.role == Role::Publisher => {
+                self.unpublish(now, owner, &track_id);
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) if conn.role == Role::Publisher => {
+                let is_chat = conn.pc.data_channel(id).is_some_and(|dc| dc.label() == CHAT_LABEL);
+                if is_chat && let Some(p) = self.participants.get_mut(owner) {
+                    p.chat = Some(id);
+                    let backlog: Vec<String> = p.chat_backlog.drain(..).collect();
+                    for text in backlog {
+                        self.deliver_chat(now, owner, text);
+                    }
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id)) => {
+                if let Some(p) = self.participants.get_mut(owner)
+                    && p.chat == Some(id)
+                {
+                    p.chat = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes whoever is leaving and sends the offers that changes call for.
+    fn finish_pass(&mut self, now: Instant) {
+        while let Some((key, reason)) = self.leaving.pop() {
+            self.remove_participant(now, key, reason);
+        }
+        self.flush_negotiations(now);
+    }
+
+    // ---- publishing and subscribing ----------------------------------------------------
+
+    fn on_publisher_offer(&mut self, now: Instant, key: ParticipantKey, sdp_text: String) {
+        if sdp_text.len() > self.config.media.max_sdp_bytes {
+            return self.refuse(
+                key,
+                ErrorCode::InvalidSdp,
+                format!("SDP is {} bytes; the limit is {}", sdp_text.len(), self.config.media.max_sdp_bytes),
+            );
+        }
+        if !self.participants[key].grants.publish && sdp::offers_to_send_audio(&sdp_text) {
+            return self.refuse(
+                key,
+                ErrorCode::PublishNotAllowed,
+                "your token does not grant publishing: offer audio as recvonly or not at all",
+            );
+        }
+        let offer = match RTCSessionDescription::offer(sdp_text) {
+            Ok(o) => o,
+            Err(e) => return self.refuse(key, ErrorCode::InvalidSdp, format!("offer rejected: {e}")),
+        };
+        let conn = match self.participants[key].publisher {
+            Some(c) => c,
+            None => match self.factory.build(now) {
+                Ok(peer) => {
+                    let c = self.conns.insert(peer.pc, key, Role::Publisher);
+                    self.demux.register(peer.ufrag, c);
+                    self.participants[key].publisher = Some(c);
+                    c
+                }
+                Err(e) => return self.refuse(key, ErrorCode::Internal, e.to_string()),
+            },
+        };
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        let answer =
+            c.pc.set_remote_description(now, offer)
+                .and_then(|()| c.pc.create_answer(None))
+                .and_then(|answer| c.pc.set_local_description(now, answer))
+                .map(|()| c.pc.local_description());
+        self.conns.touch(conn);
+        match answer {
+            Ok(Some(answer)) => self.send(key, ServerMessage::Answer { sdp: answer.sdp }),
+            Ok(None) => self.refuse(key, ErrorCode::NegotiationFailed, "no answer produced"),
+            Err(e) => self.refuse(key, ErrorCode::NegotiationFailed, format!("offer rejected: {e}")),
+        }
+    }
+
+    fn on_subscriber_answer(&mut self, now: Instant, key: ParticipantKey, sdp_text: String) {
+        let p = &mut self.participants[key];
+        let (Some(conn), true) = (p.subscriber, p.negotiation.awaiting_answer) else {
+            return self.refuse(key, ErrorCode::NegotiationFailed, "no subscriber offer is waiting for an answer");
+        };
+        if sdp_text.len() > self.config.media.max_sdp_bytes {
+            return self.refuse(key, ErrorCode::InvalidSdp, "answer SDP is too large");
+        }
+        let applied = RTCSessionDescription::answer(sdp_text).and_then(|answer| match self.conns.get_mut(conn) {
+            Some(c) => c.pc.set_remote_description(now, answer),
+            None => Ok(()),
+        });
+        self.conns.touch(conn);
+        match applied {
+            Ok(()) => {
+                self.participants[key].negotiation.awaiting_answer = false;
+                self.router.go_live(conn);
+            }
+            Err(e) => {
+                // The offer stays outstanding; the client may answer again.
+                self.refuse(key, ErrorCode::NegotiationFailed, format!("answer rejected: {e}"));
+            }
+        }
+    }
+
+    /// The first packet of a new track arrived from a publisher: announce it and fan it out.
+    fn publish(&mut self, now: Instant, key: ParticipantKey, remote_id: String) {
+        let Some(p) = self.participants.get_mut(key) else { return };
+        if !p.grants.publish || p.tracks.iter().any(|t| t.remote_id == remote_id) {
+            return;
+        }
+        p.track_counter += 1;
+        let info = TrackInfo { id: format!("{}-a{}", p.id, p.track_counter), kind: "audio".to_owned(), muted: p.muted };
+        p.tracks.push(PublishedTrack { remote_id: remote_id.clone(), info: info.clone() });
+        let announce = ServerMessage::TrackPublished { participant_id: p.id.clone(), track: info };
+        info!(participant = %p.id, track = %remote_id, "track published");
+        for other in self.others(key) {
+            self.send(other, announce.clone());
+            if self.participants[other].grants.subscribe {
+                self.subscribe(now, other, key, &remote_id);
+            }
+        }
+    }
+
+    fn unpublish(&mut self, now: Instant, key: ParticipantKey, remote_id: &str) {
+        let Some(p) = self.participants.get_mut(key) else { return };
+        let Some(pos) = p.tracks.iter().position(|t| t.remote_id == remote_id) else { return };
+        let track = p.tracks.remove(pos);
+        let announce = ServerMessage::TrackUnpublished { participant_id: p.id.clone(), track_id: track.info.id };
+        if let Some(src) = p.publisher {
+            let legs = self.router.remove_track(src, remote_id);
+            self.drop_legs(now, legs);
+        }
+        for other in self.others(key) {
+            self.send(other, announce.clone());
+        }
+    }
+
+    /// Adds a leg for `src`'s track to `dst`'s subscriber connection (created on first use).
+    fn subscribe(&mut self, now: Instant, dst: ParticipantKey, src: ParticipantKey, remote_id: &str) {
+        let Some(src_conn) = self.participants[src].publisher else { return };
+        let Some(track) = self.participants[src].tracks.iter().find(|t| t.remote_id == remote_id) else { return };
+        let track = self.factory.forwarded_track(&self.participants[src].id, &track.info.id, self.next_ssrc);
+        let ssrc = self.next_ssrc;
+        self.next_ssrc = self.next_ssrc.wrapping_add(1).max(1);
+
+        let sub = match self.participants[dst].subscriber {
+            Some(c) => c,
+            None => match self.factory.build(now) {
+                Ok(peer) => {
+                    let c = self.conns.insert(peer.pc, dst, Role::Subscriber);
+                    self.demux.register(peer.ufrag, c);
+                    self.participants[dst].subscriber = Some(c);
+                    c
+                }
+                Err(e) => return warn!("subscriber connection: {e}"),
+            },
+        };
+        let Some(conn) = self.conns.get_mut(sub) else { return };
+        // Send-only: the subscriber connection never carries the subscriber's own audio.
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![self.participants[src].id.clone()],
+            send_encodings: vec![],
+        };
+        match conn.pc.add_transceiver_from_track(track, Some(init)).map(RTCRtpSenderId::from) {
+            Ok(sender) => {
+                let leg = Route { dst: sub, sender, ssrc, offered: false, live: false };
+                self.router.add(src_conn, remote_id, leg);
+                self.participants[dst].negotiation.wanted = true;
+            }
+            Err(e) => warn!("adding forwarded track: {e}"),
+        }
+    }
+
+    /// Removes forwarded tracks from their subscribers' connections.
+    fn drop_legs(&mut self, _now: Instant, legs: Vec<Route>) {
+        for leg in legs {
+            let Some(conn) = self.conns.get_mut(leg.dst) else { continue };
+            let owner = conn.participant;
+            if conn.pc.remove_track(leg.sender).is_ok()
+                && let Some(p) = self.participants.get_mut(owner)
+            {
+                p.negotiation.wanted = true;
+            }
+            self.conns.touch(leg.dst);
+        }
+    }
+
+    /// Sends a subscriber offer to everyone whose tracks changed and who is not mid-exchange.
+    fn flush_negotiations(&mut self, now: Instant) {
+        let due: Vec<ParticipantKey> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.negotiation.wanted && !p.negotiation.awaiting_answer && p.subscriber.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        for key in due {
+            let Some(conn) = self.participants[key].subscriber else { continue };
+            let Some(c) = self.conns.get_mut(conn) else { continue };
+            let offer =
+                c.pc.create_offer(None)
+                    .and_then(|offer| c.pc.set_local_description(now, offer))
+                    .map(|()| c.pc.local_description());
+            self.conns.touch(conn);
+            let p = &mut self.participants[key];
+            p.negotiation.wanted = false;
+            match offer {
+                Ok(Some(offer)) => {
+                    p.negotiation.awaiting_answer = true;
+                    self.router.mark_offered(conn);
+                    self.send(key, ServerMessage::Offer { sdp: offer.sdp });
+                }
+                Ok(None) => warn!("subscriber offer: no local description"),
+                Err(e) => warn!(participant = %p.id, "subscriber offer failed: {e}"),
+            }
+        }
+    }
+
+    fn set_muted(&mut self, key: ParticipantKey, muted: bool) {
+        let p = &mut self.participants[key];
+        p.muted = muted;
+        let pid = p.id.clone();
+        let events: Vec<ServerMessage> = p
+            .tracks
+            .iter_mut()
+            .map(|t| {
+                t.info.muted = muted;
+                ServerMessage::TrackMuted { participant_id: pid.clone(), track_id: t.info.id.clone(), muted }
+            })
+            .collect();
+        for other in self.others(key) {
+            for e in &events {
+                self.send(other, e.clone());
+            }
+        }
+    }
+
+    // ---- leaving -----------------------------------------------------------------------
+
+    fn remove_participant(&mut self, now: Instant, key: ParticipantKey, reason: LeaveReason) {
+        let Some(p) = self.participants.try_remove(key) else { return };
+        info!(participant = %p.id, session = %p.session, ?reason, "left");
+        self.by_id.remove(&p.id);
+        if let Some(src) = p.publisher {
+            let legs = self.router.remove_source(src);
+            self.drop_legs(now, legs);
+        }
+        if let Some(dst) = p.subscriber {
+            self.router.remove_destination(dst);
+        }
+        for conn in [p.publisher, p.subscriber].into_iter().flatten() {
+            if let Some(mut c) = self.conns.remove(conn) {
+                let _ = c.pc.close();
+            }
+            self.demux.forget(conn);
+        }
+        if let Some(session) = self.sessions.get_mut(&p.session) {
+            session.members.retain(|m| *m != key);
+            if session.members.is_empty() {
+                self.sessions.remove(&p.session);
+                info!(session = %p.session, "session ended: last participant left");
+            }
+        }
+        let gone = ServerMessage::ParticipantLeft { participant_id: p.id.clone(), reason };
+        let unpublished: Vec<ServerMessage> = p
+            .tracks
+            .iter()
+            .map(|t| ServerMessage::TrackUnpublished { participant_id: p.id.clone(), track_id: t.info.id.clone() })
+            .collect();
+        for other in self.members_of(&p.session) {
+            for m in &unpublished {
+                self.send(other, m.clone());
+            }
+            self.send(other, gone.clone());
+        }
+        // Dropping `p.outbound` closes the participant's signaling socket.
+    }
+
+    // ---- chat --------------------------------------------------------------------------
+
+    fn on_chat(&mut self, now: Instant, key: ParticipantKey, raw: &[u8]) {
+        let p = &mut self.participants[key];
+        let accepted = if !p.grants.chat {
+            Err(chat::refusal(ErrorCode::ChatNotAllowed, "your token does not grant chat"))
+        } else {
+            chat::accept(raw, &self.config.chat).and_then(|text| {
+                if p.chat_limiter.try_take(now) {
+                    Ok(text)
+                } else {
+                    Err(chat::refusal(ErrorCode::ChatRateLimited, "too many chat messages; slow down"))
+                }
+            })
+        };
+        let text = match accepted {
+            Ok(text) => text,
+            Err(refusal) => {
+                self.chat_refused += 1;
+                return self.deliver_chat(now, key, refusal.to_json());
+            }
+        };
+        let from = ChatSender { id: p.id.clone(), name: p.name.clone() };
+        let session = p.session.clone();
+        let Some(room) = self.sessions.get_mut(&session) else { return };
+        let json = room.chat.post(from, text, unix_ms()).to_json();
+        for member in self.members_of(&session) {
+            if self.participants[member].grants.chat {
+                self.deliver_chat(now, member, json.clone());
+                self.chat_relayed += 1;
+            }
+        }
+    }
+
+    /// Sends on a participant's chat channel, or keeps it until the channel opens.
+    fn deliver_chat(&mut self, now: Instant, key: ParticipantKey, json: String) {
+        let Some(p) = self.participants.get_mut(key) else { return };
+        let (Some(channel), Some(conn)) = (p.chat, p.publisher) else {
+            if p.chat_backlog.len() >= self.config.chat.history.max(1) {
+                p.chat_backlog.pop_front();
+            }
+            p.chat_backlog.push_back(json);
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(conn) {
+            if let Some(mut dc) = c.pc.data_channel(channel)
+                && let Err(e) = dc.send_text(now, json)
+            {
+                debug!(participant = %p.id, "chat delivery failed: {e}");
+            }
+            self.conns.touch(conn);
+        }
+    }
+
+    // ---- helpers -----------------------------------------------------------------------
+
+    fn others(&self, key: ParticipantKey) -> Vec<ParticipantKey> {
+        let session = &self.participants[key].session;
+        self.members_of(session).into_iter().filter(|k| *k != key).collect()
+    }
+
+    fn members_of(&self, session: &str) -> Vec<ParticipantKey> {
+        self.sessions.get(session).map(|s| s.members.clone()).unwrap_or_default()
+    }
+
+    /// Queues a signaling message; a client too slow to drain its queue is dropped.
+    fn send(&mut self, key: ParticipantKey, msg: ServerMessage) {
+        let Some(p) = self.participants.get(key) else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = p.outbound.try_send(msg) {
+            warn!(participant = %p.id, "signaling queue full: dropping the participant");
+            self.leaving.push((key, LeaveReason::TooSlow));
+        }
+    }
+
+    fn refuse(&mut self, key: ParticipantKey, code: ErrorCode, message: impl Into<String>) {
+        self.send(key, ServerMessage::error(code, message));
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

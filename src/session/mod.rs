@@ -1,0 +1,8 @@
+//! Sessions and participants hosted by one media worker: who is in, what they publish, who
+//! hears whom, negotiation of their connections, and chat. Runs on the worker thread only, so
+//! it needs no locks; it never touches a socket or the clock (time comes in as `now`).
+
+mod host;
+mod participant;
+
+pub use host::{Host, HostStats, JoinError, JoinRequest};

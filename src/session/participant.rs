@@ -1,0 +1,59 @@
+//! A participant as its worker knows it.
+
+use std::collections::VecDeque;
+
+use rtc::data_channel::RTCDataChannelId;
+use tokio::sync::mpsc;
+use veza_signaling::{Grants, ParticipantInfo, ServerMessage, TrackInfo};
+
+use crate::chat::RateLimiter;
+use crate::media::conn::ConnKey;
+
+/// A track the participant publishes.
+pub struct PublishedTrack {
+    /// The track id in the participant's own SDP (what `rtc` tags packets with).
+    pub remote_id: String,
+    /// The id everyone else sees.
+    pub info: TrackInfo,
+}
+
+/// Where the subscriber connection's offer/answer exchange stands. The server is the only
+/// side that offers on it, one offer at a time, so there is never glare.
+#[derive(Default)]
+pub struct SubscriberNegotiation {
+    /// An offer is out and its answer has not come back.
+    pub awaiting_answer: bool,
+    /// Tracks changed since the last offer: offer again when possible.
+    pub wanted: bool,
+}
+
+pub struct Participant {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    pub session: String,
+    pub grants: Grants,
+    pub outbound: mpsc::Sender<ServerMessage>,
+    pub publisher: Option<ConnKey>,
+    pub subscriber: Option<ConnKey>,
+    pub negotiation: SubscriberNegotiation,
+    pub tracks: Vec<PublishedTrack>,
+    pub track_counter: u32,
+    pub muted: bool,
+    pub chat: Option<RTCDataChannelId>,
+    /// Chat to deliver once the chat channel opens (bounded by the history size).
+    pub chat_backlog: VecDeque<String>,
+    pub chat_limiter: RateLimiter,
+}
+
+impl Participant {
+    pub fn info(&self) -> ParticipantInfo {
+        ParticipantInfo {
+            id: self.id.clone(),
+            user: self.user.clone(),
+            name: self.name.clone(),
+            grants: self.grants,
+            tracks: self.tracks.iter().map(|t| t.info.clone()).collect(),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Malformed or unknown signaling gets an `error` reply and the socket keeps working.
+
+mod common;
+
+use veza_signaling::{Client, ClientMessage, ErrorCode, ServerMessage};
+
+async fn next_error(client: &mut Client) -> ErrorCode {
+    match client.recv().await.unwrap() {
+        Some(ServerMessage::Error { code, .. }) => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_messages_get_errors_and_the_socket_keeps_working() {
+    let server = common::start().await;
+    let mut client = Client::connect(&server.ws_url(), &common::token("s", "ana")).await.unwrap();
+    assert!(matches!(client.recv().await.unwrap(), Some(ServerMessage::Joined(_))));
+
+    client.send_text("{not json").await.unwrap();
+    assert_eq!(next_error(&mut client).await, ErrorCode::MalformedMessage);
+
+    client.send_text(r#"{"type":"dance","steps":3}"#).await.unwrap();
+    assert_eq!(next_error(&mut client).await, ErrorCode::UnknownMessageType);
+
+    client.send_text(r#"{"type":"offer","sdp":42}"#).await.unwrap();
+    assert_eq!(next_error(&mut client).await, ErrorCode::MalformedMessage);
+
+    client.send_text(&"x".repeat(server.config.http.max_message_bytes + 1)).await.unwrap();
+    assert_eq!(next_error(&mut client).await, ErrorCode::MessageTooLarge);
+
+    client.send(&ClientMessage::Offer { sdp: "v=0 but not really sdp".into() }).await.unwrap();
+    assert_eq!(next_error(&mut client).await, ErrorCode::InvalidSdp);
+
+    client.send(&ClientMessage::Answer { sdp: "v=0".into() }).await.unwrap();
+    assert_eq!(next_error(&mut client).await, ErrorCode::NegotiationFailed);
+
+    // Still alive and answering.
+    client.send(&ClientMessage::Ping { ts: Some(7.0) }).await.unwrap();
+    assert_eq!(client.recv().await.unwrap(), Some(ServerMessage::Pong { ts: Some(7.0) }));
+    assert_eq!(server.stats().await.participants, 1);
+
+    client.send(&ClientMessage::Leave).await.unwrap();
+    assert_eq!(client.recv().await.unwrap(), None, "the server closes the socket after leave");
+    common::eventually("the participant is gone", || async { server.stats().await.participants == 0 }).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_listener_token_cannot_publish() {
+    let server = common::start().await;
+    let grants = veza_signaling::Grants { publish: false, ..Default::default() };
+    let mut client = Client::connect(&server.ws_url(), &common::token_with("s", "lis", grants)).await.unwrap();
+    assert!(matches!(client.recv().await.unwrap(), Some(ServerMessage::Joined(_))));
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n";
+    client.send(&ClientMessage::Offer { sdp: offer.into() }).await.unwrap();
+    assert_eq!(next_error(&mut client).await, ErrorCode::PublishNotAllowed);
+    server.shutdown().await.unwrap();
+}
