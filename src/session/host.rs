@@ -455,7 +455,10 @@ impl Host {
                 .map(|()| c.pc.local_description());
         self.conns.touch(conn);
         match answer {
-            Ok(Some(answer)) => self.send(key, ServerMessage::Answer { sdp: answer.sdp }),
+            Ok(Some(answer)) => {
+                let sdp = sdp::with_ptime(&answer.sdp, self.config.media.ptime_ms);
+                self.send(key, ServerMessage::Answer { sdp });
+            }
             Ok(None) => self.refuse(key, ErrorCode::NegotiationFailed, "no answer produced"),
             Err(e) => self.refuse(key, ErrorCode::NegotiationFailed, format!("offer rejected: {e}")),
         }
