@@ -5,6 +5,7 @@
 //! sockets, peer connections and the forwarding hot path in [`media::forward`]).
 
 pub mod auth;
+pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod dev;
@@ -13,6 +14,7 @@ pub mod media;
 pub mod server;
 pub mod session;
 pub mod sim;
+pub mod telemetry;
 
 pub use config::Config;
 pub use server::Server;

@@ -44,6 +44,8 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Measure forwarding under load: starts a server, joins simulated musicians, reports.
+    Bench(veza_sfu::bench::BenchArgs),
     /// Mint a participant token with the configured HS256 secret (or the dev secret).
     Token {
         #[command(flatten)]
@@ -80,6 +82,22 @@ fn main() -> anyhow::Result<()> {
                 cfg.media.udp_port = port;
             }
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
+        }
+        Command::Bench(args) => {
+            if !args.no_pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+                // The generator's threads inherit this: the server gets CPU 0 to itself.
+                veza_sfu::bench::pin_self_to_cpu(1);
+            }
+            let report = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(veza_sfu::bench::run(&args))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
         }
         Command::Token { config, session, user, name, no_publish, no_subscribe, no_chat, ttl } => {
             let cfg = load(&config)?;

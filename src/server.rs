@@ -30,6 +30,7 @@ impl Server {
         if config.dev && config.auth.secret.is_none() && config.auth.algorithm == "HS256" {
             config.auth.secret = Some(crate::dev::ensure_secret(&config.data_dir).context("creating the dev secret")?);
         }
+        crate::telemetry::install();
         let verifier = Arc::new(Verifier::from_config(&config.auth)?);
         let media = Arc::new(MediaEngine::start(&config).context("starting media workers")?);
         let listener = tokio::net::TcpListener::bind(config.http.listen)

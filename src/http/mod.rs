@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ws", get(ws::handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback_service(static_files)
         .with_state(state)
 }
@@ -42,6 +43,15 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
         (StatusCode::OK, "ready").into_response()
     } else {
         error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, "not accepting joins")
+    }
+}
+
+async fn metrics() -> Response {
+    match crate::telemetry::install() {
+        Some(handle) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+        }
+        None => error_response(StatusCode::NOT_FOUND, ErrorCode::Internal, "metrics recorder unavailable"),
     }
 }
 

@@ -1,7 +1,13 @@
-//! The worker's peer connections, and which of them have work pending.
+//! The worker's peer connections, which of them have work pending, and when each next
+//! needs its timer handled.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
 
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::sansio::Protocol;
 use slab::Slab;
 
 pub use super::demux::ConnKey;
@@ -23,19 +29,31 @@ pub struct Conn {
     pub role: Role,
     pub state: RTCPeerConnectionState,
     touched: bool,
+    /// The connection's own next timeout, as of the last time it was touched.
+    deadline: Option<Instant>,
 }
 
 /// Every connection on a worker, plus the list of those touched since the last flush: only
-/// those need their events read and their output sent (no polling of idle connections).
+/// those need their events read and their output sent, and a heap of timer deadlines, so an
+/// idle connection costs nothing per loop turn.
 #[derive(Default)]
 pub struct Conns {
     slab: Slab<Conn>,
     touched: Vec<ConnKey>,
+    /// (deadline, connection); an entry is stale once the connection's deadline moved.
+    timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
 }
 
 impl Conns {
     pub fn insert(&mut self, pc: RTCPeerConnection, participant: ParticipantKey, role: Role) -> ConnKey {
-        let key = self.slab.insert(Conn { pc, participant, role, state: RTCPeerConnectionState::New, touched: false });
+        let key = self.slab.insert(Conn {
+            pc,
+            participant,
+            role,
+            state: RTCPeerConnectionState::New,
+            touched: false,
+            deadline: None,
+        });
         self.touch(key);
         key
     }
@@ -87,8 +105,43 @@ impl Conns {
         }
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ConnKey, &mut Conn)> {
-        self.slab.iter_mut()
+    /// Re-reads a touched connection's next timeout (its timers may have moved).
+    pub fn refresh_deadline(&mut self, key: ConnKey) {
+        let Some(c) = self.slab.get_mut(key) else { return };
+        let deadline = c.pc.poll_timeout();
+        if deadline != c.deadline {
+            c.deadline = deadline;
+            if let Some(at) = deadline {
+                self.timers.push(Reverse((at, key)));
+            }
+        }
+    }
+
+    /// The earliest deadline of any connection.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if self.slab.get(key).is_some_and(|c| c.deadline == Some(at)) {
+                return Some(at);
+            }
+            self.timers.pop(); // stale
+        }
+        None
+    }
+
+    /// Takes the next connection whose deadline has passed.
+    pub fn pop_due(&mut self, now: Instant) -> Option<ConnKey> {
+        while let Some(at) = self.next_deadline() {
+            if at > now {
+                return None;
+            }
+            if let Some(Reverse((_, key))) = self.timers.pop() {
+                if let Some(c) = self.slab.get_mut(key) {
+                    c.deadline = None;
+                }
+                return Some(key);
+            }
+        }
+        None
     }
 
     pub fn len(&self) -> usize {

@@ -15,6 +15,7 @@ use super::Command;
 use super::peer::PeerFactory;
 use crate::config::Config;
 use crate::session::Host;
+use crate::telemetry::{PUBLISH_INTERVAL, WorkerMetrics};
 
 /// Datagrams read per loop turn before the host processes them.
 const READ_BATCH: usize = 256;
@@ -40,7 +41,7 @@ pub fn spawn(
         };
         runtime.block_on(async move {
             match UdpSocket::from_std(socket) {
-                Ok(socket) => run(Host::new(config, factory, local), socket, commands).await,
+                Ok(socket) => run(Host::new(config, factory, local), socket, commands, WorkerMetrics::new(n)).await,
                 Err(e) => warn!("media worker {n}: socket: {e}"),
             }
         });
@@ -48,17 +49,30 @@ pub fn spawn(
     Ok(())
 }
 
-async fn run(mut host: Host, socket: UdpSocket, mut commands: mpsc::Receiver<Command>) {
+async fn run(mut host: Host, socket: UdpSocket, mut commands: mpsc::Receiver<Command>, metrics: WorkerMetrics) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // When the oldest datagram not yet processed was read: forwarding latency starts there.
+    let mut first_ingress: Option<Instant> = None;
+    let mut published = Instant::now();
     loop {
         let now = Instant::now();
+        let forwarded_before = host.forwarded();
         host.pump(now);
         host.transmit(|dst, data| {
             if let Err(e) = socket.try_send_to(data, dst) {
                 debug!(%dst, "send failed: {e}");
             }
         });
-        let deadline = host.next_timeout().unwrap_or(now + IDLE_WAKEUP);
+        if let Some(ingress) = first_ingress.take()
+            && host.forwarded() > forwarded_before
+        {
+            metrics.forward_latency.record(ingress.elapsed());
+        }
+        if now.duration_since(published) >= PUBLISH_INTERVAL {
+            metrics.publish(&host.stats());
+            published = now;
+        }
+        let deadline = host.next_timeout().unwrap_or(now + IDLE_WAKEUP).min(published + PUBLISH_INTERVAL);
         if deadline <= now {
             host.handle_timeout(now);
             continue;
@@ -73,7 +87,11 @@ async fn run(mut host: Host, socket: UdpSocket, mut commands: mpsc::Receiver<Com
                 if ready.is_ok() {
                     for _ in 0..READ_BATCH {
                         match socket.try_recv_from(&mut buf) {
-                            Ok((len, src)) => host.handle_datagram(Instant::now(), src, &buf[..len]),
+                            Ok((len, src)) => {
+                                let at = Instant::now();
+                                first_ingress.get_or_insert(at);
+                                host.handle_datagram(at, src, &buf[..len]);
+                            }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                             Err(e) => {
                                 debug!("recv failed: {e}");
@@ -86,6 +104,7 @@ async fn run(mut host: Host, socket: UdpSocket, mut commands: mpsc::Receiver<Com
             () = tokio::time::sleep_until(deadline.into()) => host.handle_timeout(Instant::now()),
         }
     }
+    metrics.publish(&host.stats());
 }
 
 fn execute(host: &mut Host, command: Command) {

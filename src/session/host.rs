@@ -126,6 +126,11 @@ impl Host {
         }
     }
 
+    /// RTP packets forwarded so far (cheap: read every loop turn).
+    pub fn forwarded(&self) -> u64 {
+        self.router.counters.forwarded
+    }
+
     pub fn stats(&self) -> HostStats {
         let c = self.router.counters;
         HostStats {
@@ -175,20 +180,18 @@ impl Host {
 
     /// The earliest time a connection wants `handle_timeout`.
     pub fn next_timeout(&mut self) -> Option<Instant> {
-        self.conns.iter_mut().filter_map(|(_, c)| c.pc.poll_timeout()).min()
+        self.conns.next_deadline()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut due = Vec::new();
-        for (key, c) in self.conns.iter_mut() {
-            if c.pc.poll_timeout().is_some_and(|t| t <= now) {
-                if let Err(e) = c.pc.handle_timeout(now) {
-                    debug!(conn = key, "timeout handling failed: {e}");
-                }
-                due.push(key);
+        while let Some(key) = self.conns.pop_due(now) {
+            if let Some(c) = self.conns.get_mut(key)
+                && let Err(e) = c.pc.handle_timeout(now)
+            {
+                debug!(conn = key, "timeout handling failed: {e}");
             }
+            self.conns.touch(key);
         }
-        due.into_iter().for_each(|k| self.conns.touch(k));
     }
 
     pub fn join(&mut self, now: Instant, req: JoinRequest) -> Result<(), JoinError> {
@@ -338,6 +341,7 @@ impl Host {
                 }
                 send(dst, &out.message);
             }
+            self.conns.refresh_deadline(key);
         }
         self.conns.recycle(touched);
     }

@@ -1,0 +1,110 @@
+//! Prometheus metrics: the process-wide recorder and what each media worker publishes.
+//!
+//! Workers count in plain integers on their own thread (no atomics on the hot path) and
+//! publish the totals about once a second; only the forwarding-latency histogram is recorded
+//! as it happens, once per loop turn that forwarded anything.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Label};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::session::HostStats;
+
+pub const FORWARD_LATENCY: &str = "veza_forward_latency_seconds";
+pub const RTP_FORWARDED: &str = "veza_rtp_packets_forwarded_total";
+pub const RTP_RECEIVED: &str = "veza_rtp_packets_received_total";
+
+/// Bucket bounds of the forwarding latency histogram, in seconds (5 µs .. 10 ms).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_02, 0.000_03, 0.000_05, 0.000_075, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_5,
+    0.000_75, 0.001, 0.002, 0.005, 0.01,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder once per process and returns the handle `/metrics` renders from.
+/// `None` if another recorder was installed first (metrics then go there).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(FORWARD_LATENCY.to_owned()), LATENCY_BUCKETS)
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_histogram!(
+        FORWARD_LATENCY,
+        metrics::Unit::Seconds,
+        "per worker loop turn that forwarded audio: first datagram read to last datagram sent"
+    );
+    metrics::describe_counter!(RTP_FORWARDED, "RTP packets written to subscriber connections");
+    metrics::describe_counter!(RTP_RECEIVED, "RTP packets received from publishers");
+}
+
+/// One worker's metric handles, labelled with its index (a handful of values: low cardinality).
+pub struct WorkerMetrics {
+    pub forward_latency: Histogram,
+    sessions: Gauge,
+    participants: Gauge,
+    connections: Gauge,
+    routes: Gauge,
+    received: Counter,
+    forwarded: Counter,
+    not_live: Counter,
+    forward_errors: Counter,
+    unrouted: Counter,
+    chat_relayed: Counter,
+    chat_refused: Counter,
+}
+
+impl WorkerMetrics {
+    pub fn new(worker: usize) -> WorkerMetrics {
+        let labels = vec![Label::new("worker", worker.to_string())];
+        let dropped = |reason: &'static str| {
+            let mut l = labels.clone();
+            l.push(Label::new("reason", reason));
+            metrics::counter!("veza_rtp_packets_dropped_total", l)
+        };
+        WorkerMetrics {
+            forward_latency: metrics::histogram!(FORWARD_LATENCY, labels.clone()),
+            sessions: metrics::gauge!("veza_sessions", labels.clone()),
+            participants: metrics::gauge!("veza_participants", labels.clone()),
+            connections: metrics::gauge!("veza_peer_connections", labels.clone()),
+            routes: metrics::gauge!("veza_forwarding_routes", labels.clone()),
+            received: metrics::counter!(RTP_RECEIVED, labels.clone()),
+            forwarded: metrics::counter!(RTP_FORWARDED, labels.clone()),
+            not_live: dropped("leg_not_live"),
+            forward_errors: dropped("write_failed"),
+            unrouted: metrics::counter!("veza_datagrams_unrouted_total", labels.clone()),
+            chat_relayed: metrics::counter!("veza_chat_messages_relayed_total", labels.clone()),
+            chat_refused: metrics::counter!("veza_chat_messages_refused_total", labels),
+        }
+    }
+
+    pub fn publish(&self, s: &HostStats) {
+        self.sessions.set(s.sessions as f64);
+        self.participants.set(s.participants as f64);
+        self.connections.set(s.connections as f64);
+        self.routes.set(s.routes as f64);
+        self.received.absolute(s.rtp_received);
+        self.forwarded.absolute(s.rtp_forwarded);
+        self.not_live.absolute(s.rtp_not_live);
+        self.forward_errors.absolute(s.rtp_forward_errors);
+        self.unrouted.absolute(s.datagrams_unrouted);
+        self.chat_relayed.absolute(s.chat_relayed);
+        self.chat_refused.absolute(s.chat_refused);
+    }
+}
+
+/// How often workers publish their counters.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,0 +1,19 @@
+//! The load generator must never rot: a tiny run completes and delivers every packet.
+//! (Only that: performance figures come from real runs, never from assertions in tests.)
+
+use std::process::Command;
+
+#[test]
+fn tiny_bench_run_completes_with_full_delivery() {
+    let out = Command::new(env!("CARGO_BIN_EXE_veza-sfu"))
+        .args(["bench", "--publishers", "2", "--subscribers", "1", "--rate", "50", "--seconds", "2"])
+        .args(["--warmup", "1", "--json", "--no-pin"])
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(report["delivery_ratio"], 1.0, "{report}");
+    assert!(report["forwarded_packets"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["cpu_us_per_forwarded_packet"].as_f64().unwrap() > 0.0, "{report}");
+}
