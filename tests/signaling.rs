@@ -57,3 +57,23 @@ async fn a_listener_token_cannot_publish() {
     assert_eq!(next_error(&mut client).await, ErrorCode::PublishNotAllowed);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn probes_answer_and_readiness_follows_the_server() {
+    let server = common::start().await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", server.http_url())).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    server.set_ready(false);
+    assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    match Client::connect(&server.ws_url(), &common::token("s", "late")).await {
+        Err(veza_signaling::ClientError::Rejected { status: 503, body: Some(body) }) => {
+            assert_eq!(body.code, ErrorCode::NotReady)
+        }
+        _ => panic!("joins must be refused while not ready"),
+    }
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("veza_participants"), "{metrics}");
+    server.shutdown().await.unwrap();
+}
