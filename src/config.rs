@@ -195,6 +195,9 @@ impl Default for ChatConfig {
     }
 }
 
+/// Top-level keys of [`Config`], as environment variables name them.
+const SECTIONS: &[&str] = &["dev", "data_dir", "http", "media", "auth", "sessions", "chat", "ice_servers"];
+
 impl Config {
     /// The defaults for dev mode: loopback only.
     pub fn dev_defaults() -> Config {
@@ -212,7 +215,14 @@ impl Config {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig = fig.merge(Env::prefixed("VEZA_").split("__"));
+        // Only our own sections: other VEZA_* variables (a sidecar's, or the ones Kubernetes
+        // derives from a service named veza-sfu) are not configuration. Unknown keys inside
+        // a section still fail, so typos do not pass silently.
+        let ours = |key: &figment::value::UncasedStr| {
+            let section = key.as_str().split("__").next().unwrap_or_default().to_ascii_lowercase();
+            SECTIONS.contains(&section.as_str())
+        };
+        fig = fig.merge(Env::prefixed("VEZA_").filter(ours).split("__"));
         let mut config: Config = fig.extract().map_err(Box::new)?;
         config.dev |= dev;
         Ok(config)
@@ -246,6 +256,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("veza.toml", "[http]\nlisten = \"127.0.0.1:9000\"\n[chat]\nmax_chars = 5\n")?;
             jail.set_env("VEZA_CHAT__MAX_CHARS", "7");
+            jail.set_env("VEZA_SFU_SERVICE_HOST", "10.0.0.1"); // not ours: ignored
             let c = Config::load(false, Some(Path::new("veza.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.http.listen.port(), 9000);
             assert_eq!(c.chat.max_chars, 7);

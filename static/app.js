@@ -5,7 +5,7 @@
 
 const PROTOCOL_VERSION = 1;
 const CHAT_LABEL = 'chat';
-const PING_INTERVAL_MS = 5000;
+const PING_INTERVAL_MS = 2000;
 const STATS_INTERVAL_MS = 500;
 const STATUS_LINES = 8;
 
@@ -38,6 +38,8 @@ const state = {
   publishing: false, // a microphone track is on the publisher connection
   chatOpen: false,
   rtt: { signalingMs: null, serverMs: null },
+  /** Opus packet time my browser actually sends, measured from outbound-rtp packetsSent. */
+  sendPtimeMs: null,
   lastError: null, // {code, message} of the last error shown
 };
 
@@ -93,6 +95,7 @@ function newSession(token) {
     audioEls: new Map(), // participant id -> <audio>
     trackOwner: new Map(), // receiver track id -> participant id
     jitterPrev: new Map(), // receiver track id -> last {delay, count}
+    sentPrev: null, // last outbound-rtp {packetsSent, timestamp}, for the packet time
     timers: [],
     statsBusy: false,
   };
@@ -121,6 +124,7 @@ function join(rawToken) {
   session = s;
   state.phase = 'connecting';
   state.lastError = null;
+  clearError();
   setSignaling('connecting');
   showStatus('Connecting…');
 
@@ -157,30 +161,44 @@ function onSocketClose(s, ev) {
       // The server sent an error frame (e.g. session_full) before closing: that is the reason.
       showStatus('Connection closed by the server before joining (see the error above).', 'error');
     } else {
-      showStatus('Connection refused: token rejected or server unavailable', 'error');
+      showStatus('Could not open the signaling connection; asking the server why…', 'error');
       explainRefusal(s.token);
     }
   } else if (!s.leaving) {
     state.phase = 'error';
     const why = ev.reason ? `: ${ev.reason}` : '';
     showStatus(`Disconnected from server (code ${ev.code}${why}).`, 'error');
+    showError('Disconnected from the server', `The connection closed (code ${ev.code}${why}). Join again to continue.`);
   }
   render();
 }
 
-/** The browser hides why an upgrade failed; the same URL without upgrade headers tells us. */
+/**
+ * The browser hides why an upgrade failed; the same URL as a plain GET tells us: the server
+ * answers 401 {code, message} for a refused token and 503 {code: "not_ready"} while draining.
+ */
 async function explainRefusal(token) {
+  let res;
   try {
-    const res = await fetch(`/v1/ws?access_token=${encodeURIComponent(token)}`, {
+    res = await fetch(`/v1/ws?access_token=${encodeURIComponent(token)}`, {
       headers: { Accept: 'application/json' },
       cache: 'no-store',
     });
-    const body = await res.json().catch(() => null);
-    if (body && typeof body.code === 'string') {
-      reportServerError(body.code, body.message, `HTTP ${res.status}`);
-    }
   } catch {
-    showStatus('The server is unreachable.', 'error');
+    state.lastError = { code: 'unreachable', message: 'no answer from the server' };
+    showError('The server is unreachable', 'Check your network connection and that the server is running, then join again.');
+    return;
+  }
+  const body = await res.json().catch(() => null);
+  if (body && typeof body.code === 'string') {
+    reportServerError(body.code, body.message, `HTTP ${res.status}`);
+  } else if (res.ok || res.status === 426) {
+    // 426: the token is fine, only the upgrade was missing; so the WebSocket itself was blocked.
+    state.lastError = { code: 'websocket_blocked', message: `HTTP ${res.status}` };
+    showError('Could not open a WebSocket', 'Your token is valid, but the WebSocket connection failed; a proxy or firewall may block WebSockets.');
+  } else {
+    state.lastError = { code: 'http_error', message: `HTTP ${res.status}` };
+    showError('The server refused the connection', `It answered HTTP ${res.status}.`);
   }
 }
 
@@ -212,6 +230,7 @@ function teardown(s) {
     chatOpen: false,
     muted: false,
     rtt: { signalingMs: null, serverMs: null },
+    sendPtimeMs: null,
   });
   setSignaling('closed');
 }
@@ -287,6 +306,7 @@ function onJoined(s, m) {
   resetChat();
   for (const c of m.chat_history ?? []) onChatMessage(s, c);
 
+  clearError();
   showStatus(`Joined session ${m.session_id} as ${m.participant.name}.`);
   joinDeferred.resolve(m);
 
@@ -317,6 +337,46 @@ function reportServerError(code, message, where) {
   state.lastError = { code, message };
   const suffix = where ? ` (${where})` : '';
   showStatus(`Server error ${code}: ${message ?? ''}${suffix}`, 'error');
+  const explained = explainError(code, message);
+  if (explained) showError(explained.title, explained.detail);
+}
+
+/**
+ * Plain words for the errors that keep you out of a session; null for those that don't (they
+ * stay in the status log). `message` is the server's own detail, shown as given.
+ */
+function explainError(code, message) {
+  const detail = (advice) => `${advice}${message ? ` (server: ${code}: ${message})` : ` (${code})`}`;
+  switch (code) {
+    case 'token_missing':
+      return { title: 'No access token', detail: detail('Open the invite link you were given, or paste its token above.') };
+    case 'token_expired':
+      return { title: 'Your access token has expired', detail: detail('Ask for a fresh invite link.') };
+    case 'token_not_yet_valid':
+      return { title: 'Your access token is not valid yet', detail: detail("Check this computer's clock, or wait a moment.") };
+    case 'token_malformed':
+    case 'token_bad_signature':
+    case 'token_wrong_algorithm':
+    case 'token_wrong_issuer':
+    case 'token_wrong_audience':
+    case 'token_invalid_claims':
+      return { title: 'Your access token was rejected', detail: detail('The server does not accept this token; ask for a new invite link.') };
+    case 'not_ready':
+      return {
+        title: 'The server is not accepting joins right now',
+        detail: detail('It is starting up or draining before a restart. Try again in a minute.'),
+      };
+    case 'session_full':
+      return { title: 'This session is full', detail: detail('Ask someone to leave, or the host to raise the limit.') };
+    case 'server_full':
+      return { title: 'The server is full', detail: detail('Try again later.') };
+    case 'session_not_found':
+      return { title: 'No such session', detail: detail('It may have ended; ask for a new invite link.') };
+    case 'publish_not_allowed':
+      return { title: 'You are here to listen', detail: detail('Your token does not allow sending audio.') };
+    default:
+      return null;
+  }
 }
 
 function reportFailure(what, err) {
@@ -536,6 +596,7 @@ function upsertParticipant(p, isSelf) {
     level: old?.level ?? 0,
     rttMs: old?.rttMs ?? null,
     delayMs: old?.delayMs ?? null,
+    jitterMs: old?.jitterMs ?? null,
   };
   participants.set(p.id, info);
   renderParticipant(info);
@@ -582,6 +643,8 @@ function setMuted(muted) {
   // the mute to everyone else.
   s.localStream?.getAudioTracks().forEach((t) => { t.enabled = !state.muted; });
   send(s, { type: 'mute', muted: state.muted });
+  const me = participants.get(state.self?.id);
+  if (me) renderParticipant(me);
   render();
 }
 
@@ -690,7 +753,10 @@ async function pollStats(s) {
   s.statsBusy = true;
   try {
     const [mine, others] = await Promise.all([publisherStats(), subscriberStats(s)]);
-    if (s === session) applyStats(mine, others);
+    if (s === session) {
+      measurePtime(s, mine.sent);
+      applyStats(mine, others);
+    }
   } catch (err) {
     console.debug('veza: stats unavailable', err);
   } finally {
@@ -703,12 +769,33 @@ async function publisherStats() {
   if (!pc) return {};
   const report = await pc.getStats();
   let level = null;
+  let rtcpRtt = null;
+  let sent = null;
   for (const st of report.values()) {
     if (st.type === 'media-source' && st.kind === 'audio' && typeof st.audioLevel === 'number') {
       level = Math.max(level ?? 0, st.audioLevel);
     }
+    // The server's RTCP receiver reports time the media path itself, every second or so;
+    // ICE consent checks (the candidate pair) only every few seconds, in whole milliseconds.
+    if (st.type === 'remote-inbound-rtp' && st.kind === 'audio' && st.roundTripTimeMeasurements > 0) {
+      rtcpRtt = st.roundTripTime;
+    }
+    if (st.type === 'outbound-rtp' && st.kind === 'audio') sent = { packetsSent: st.packetsSent, timestamp: st.timestamp };
   }
-  return { rtt: selectedPairRtt(report), level };
+  return { rtt: rtcpRtt ?? selectedPairRtt(report), level, sent };
+}
+
+/** Packet time from two outbound-rtp samples: elapsed time over packets sent in between. */
+function measurePtime(s, sent) {
+  if (!sent || typeof sent.packetsSent !== 'number') return;
+  const prev = s.sentPrev;
+  // Over at least 2 s, so timer jitter of the stats poll barely moves the figure.
+  if (!prev || sent.timestamp - prev.timestamp >= 2000) {
+    if (prev && sent.packetsSent > prev.packetsSent) {
+      state.sendPtimeMs = (sent.timestamp - prev.timestamp) / (sent.packetsSent - prev.packetsSent);
+    }
+    s.sentPrev = sent;
+  }
 }
 
 async function subscriberStats(s) {
@@ -783,7 +870,8 @@ function applyStats(mine, others) {
       const st = others.byPid?.get(p.id);
       p.level = st?.level ?? 0;
       p.rttMs = null; // their own RTT to the server is not told to us
-      p.delayMs = estimateOneWayMs(state.rtt.serverMs, st?.jitterMs ?? null);
+      p.jitterMs = st?.jitterMs ?? null;
+      p.delayMs = estimateOneWayMs(state.rtt.serverMs, p.jitterMs);
     }
     renderParticipantStats(p);
   }
@@ -791,12 +879,14 @@ function applyStats(mine, others) {
 }
 
 /**
- * Mouth-to-ear estimate from a peer to me: their RTT/2 + my RTT/2 + my jitter buffer. Their RTT
- * is unknown to us, so it is taken to be like mine: ≈ my RTT + jitter buffer.
+ * Delay from a peer's microphone packets to my speaker: their RTT/2 + my RTT/2 (network) + my
+ * jitter buffer + one packet time (the sender waits for a packet's worth of audio before
+ * sending it). Their RTT and packet time are not told to us, so they are taken to be like mine.
+ * Capture and playout buffering inside the two computers come on top and are not counted.
  */
 function estimateOneWayMs(myRttMs, jitterMs) {
   if (myRttMs == null && jitterMs == null) return null;
-  return (myRttMs ?? 0) + (jitterMs ?? 0);
+  return (myRttMs ?? 0) + (jitterMs ?? 0) + (state.sendPtimeMs ?? 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -810,14 +900,45 @@ function render() {
 function renderHeader() {
   $('session-id').textContent = state.sessionId ?? '—';
   $('self-name').textContent = state.self?.name ?? '—';
+  const [overall, overallText] = overallState();
+  setStateText($('conn-state'), overall, overallText);
   setStateText($('sig-state'), state.signaling, state.signaling);
   for (const [role, id] of [['publisher', 'pub-state'], ['subscriber', 'sub-state']]) {
-    const { ice, connection } = state[role];
-    const text = connection === 'none' ? '—' : `ICE ${ice} · ${connection}`;
+    const { connection } = state[role];
+    let text = connection === 'none' ? '—' : connection;
+    if (role === 'subscriber' && connection === 'none' && state.joined) text = 'nobody else yet';
     setStateText($(id), connection, text);
   }
   $('sig-rtt').textContent = formatMs(state.rtt.signalingMs);
   $('server-rtt').textContent = formatMs(state.rtt.serverMs);
+  $('codec').textContent = codecText();
+}
+
+/** One state for the header: [data-state, text]. */
+function overallState() {
+  if (state.phase === 'connecting') return ['connecting', 'Connecting…'];
+  if (state.phase === 'error') return ['failed', 'Not connected'];
+  if (state.phase === 'left') return ['idle', 'Left'];
+  if (!state.joined) return ['idle', 'Not connected'];
+  const links = ['publisher', 'subscriber'].map((r) => state[r].connection).filter((c) => c !== 'none');
+  if (links.includes('failed')) return ['failed', 'Audio connection failed'];
+  if (links.includes('disconnected')) return ['connecting', 'Connection unstable'];
+  if (links.length && links.every((c) => c === 'connected')) return ['connected', 'Connected'];
+  return ['connecting', 'Connecting audio…'];
+}
+
+function codecText() {
+  const c = state.codec;
+  if (!c || !state.publishing) return state.joined && !state.publishing ? 'listening only' : '—';
+  const name = c.mime_type?.split('/')[1] ?? c.mime_type;
+  const channels = c.channels >= 2 ? 'stereo' : 'mono';
+  const ptime = state.sendPtimeMs == null ? '' : ` · ${formatPtime(state.sendPtimeMs)} packets`;
+  return `${name} ${channels} · ${Math.round(c.max_average_bitrate / 1000)} kb/s${ptime}`;
+}
+
+/** Opus frames are 2.5, 5, 10, 20, 40 or 60 ms; show the measured figure to 0.1 ms. */
+function formatPtime(ms) {
+  return `${ms.toFixed(1).replace(/\.0$/, '')} ms`;
 }
 
 function setStateText(el, stateName, text) {
@@ -825,14 +946,19 @@ function setStateText(el, stateName, text) {
   el.textContent = text;
 }
 
+/** Whole milliseconds, but one decimal below 10 ms: on a LAN or loopback that is the figure. */
 function formatMs(ms) {
-  return ms == null ? '—' : `${Math.round(ms)} ms`;
+  if (ms == null) return '—';
+  if (ms < 1) return '<1 ms'; // ICE reports whole milliseconds: 0 means "under one"
+  return ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
 }
 
 function updateControls() {
   const connected = Boolean(session);
   $('join').disabled = connected;
   $('token').disabled = connected;
+  // Once in, the token is noise: the form comes back after leaving or an error.
+  $('join-form').hidden = state.joined;
   $('leave').disabled = !connected;
   const mute = $('mute');
   mute.disabled = !state.joined || !state.publishing;
@@ -858,9 +984,16 @@ function renderParticipant(p) {
     const head = document.createElement('div');
     head.className = 'p-head';
     head.append(textSpan('p-name', ''), textSpan('p-tag', ''));
-    const meter = document.createElement('meter');
+    const meter = document.createElement('div');
     meter.className = 'level';
-    Object.assign(meter, { min: 0, max: 1, low: 0.75, high: 0.9, optimum: 0.5, value: 0 });
+    meter.setAttribute('role', 'meter');
+    meter.setAttribute('aria-label', 'Audio level');
+    meter.setAttribute('aria-valuemin', '0');
+    meter.setAttribute('aria-valuemax', '1');
+    meter.dataset.level = '0';
+    const fill = document.createElement('div');
+    fill.className = 'level-fill';
+    meter.append(fill);
     li.append(head, meter, textSpan('p-delay', '—'));
     // Me first, then others in arrival order.
     if (p.isSelf) $('participants').prepend(li);
@@ -868,7 +1001,9 @@ function renderParticipant(p) {
   }
   li.classList.toggle('self', p.isSelf);
   li.classList.toggle('muted', isMuted(p));
-  li.querySelector('.p-name').textContent = p.name || p.user || p.id;
+  const name = li.querySelector('.p-name');
+  name.textContent = p.name || p.user || p.id;
+  name.title = name.textContent; // long names are cut with an ellipsis
   const tags = [];
   if (p.isSelf) tags.push('you');
   if (isMuted(p)) tags.push('muted');
@@ -880,16 +1015,25 @@ function renderParticipant(p) {
 function renderParticipantStats(p) {
   const li = participantLi(p.id);
   if (!li) return;
-  const meter = li.querySelector('meter.level');
-  meter.value = levelToMeter(p.level);
-  meter.title = `level ${p.level?.toFixed?.(3) ?? 0}`;
+  // The meter shows the browser's own audioLevel (getStats), on a -60..0 dBFS scale.
+  const meter = li.querySelector('.level');
+  const value = levelToMeter(p.level);
+  meter.dataset.level = value.toFixed(2);
+  meter.setAttribute('aria-valuenow', value.toFixed(2));
+  meter.title = p.level > 0 ? `level ${(20 * Math.log10(p.level)).toFixed(0)} dBFS` : 'silent';
+  meter.firstElementChild.style.clipPath = `inset(0 ${(100 * (1 - value)).toFixed(1)}% 0 0)`;
   const delay = li.querySelector('.p-delay');
   if (p.isSelf) {
-    delay.textContent = p.rttMs == null ? 'RTT to server —' : `RTT to server ${Math.round(p.rttMs)} ms`;
-    delay.title = 'Round trip between you and the server (publisher connection).';
+    delay.textContent = `RTT to server ${formatMs(p.rttMs)}`;
+    delay.title = 'Round trip of your audio to the server and back.';
   } else {
-    delay.textContent = p.delayMs == null ? '≈ — one-way' : `≈ ${Math.round(p.delayMs)} ms one-way`;
-    delay.title = 'Estimated delay from them to you: their RTT/2 + your RTT/2 (their RTT taken to be like yours) + your jitter buffer.';
+    delay.textContent = p.delayMs == null ? '≈ — from them' : `≈ ${formatMs(p.delayMs)} from them`;
+    const parts = [
+      `network ≈ ${formatMs(state.rtt.serverMs)} (their RTT/2 + yours/2; theirs taken as yours)`,
+      `your jitter buffer ${formatMs(p.jitterMs)}`,
+      `packet time ${state.sendPtimeMs == null ? '—' : formatPtime(state.sendPtimeMs)}`,
+    ];
+    delay.title = `Estimated one-way delay from them to you:\n${parts.join('\n')}`;
   }
 }
 
@@ -908,6 +1052,19 @@ function showStatus(text, kind = 'info') {
   area.append(line);
   while (area.children.length > STATUS_LINES) area.firstElementChild.remove();
   if (kind === 'error') console.warn('veza:', text);
+}
+
+/** The one error that explains why you are not (or no longer) in the session. */
+function showError(title, detail) {
+  $('error-title').textContent = title;
+  $('error-detail').textContent = detail ?? '';
+  $('error').hidden = false;
+}
+
+function clearError() {
+  $('error').hidden = true;
+  $('error-title').textContent = '';
+  $('error-detail').textContent = '';
 }
 
 function setSignaling(value) {
