@@ -29,7 +29,43 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// `aud` as RFC 7519 allows it: one string or an array (golang-jwt v5 writes an array).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The claims of a service (admin) token: like [`Claims`] but without `session`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceClaims {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub grants: Grants,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+}
+
+/// Who is calling the REST API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestCaller {
+    /// A service token: `grants.admin` and no `session` claim. Any session.
+    Admin { sub: String },
+    /// A participant token: its own session only, as its grants allow.
+    Participant(Identity),
 }
 
 /// Who a verified token says the caller is.
@@ -54,6 +90,9 @@ impl AuthError {
     }
 }
 
+/// Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash size, 256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// Longest session id or user id we accept in a token.
 const MAX_ID_LEN: usize = 128;
 
@@ -74,6 +113,8 @@ pub enum KeyError {
     Read(String, std::io::Error),
     #[error("auth key: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("auth.secret must be at least {0} bytes")]
+    WeakSecret(usize),
 }
 
 pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
@@ -91,6 +132,11 @@ impl Verifier {
         let key = match alg {
             Algorithm::HS256 => {
                 let secret = cfg.secret.as_deref().ok_or(KeyError::MissingKey("HS256", "auth.secret"))?;
+                // An empty or short secret (an unset variable in a compose file) lets anyone
+                // forge tokens: refuse to start instead.
+                if secret.len() < MIN_SECRET_BYTES {
+                    return Err(KeyError::WeakSecret(MIN_SECRET_BYTES));
+                }
                 DecodingKey::from_secret(secret.as_bytes())
             }
             _ => {
@@ -113,7 +159,11 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.leeway = cfg.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be present, not merely not contradicted.
+        let mut required = vec!["exp"];
+        required.extend(cfg.issuer.as_ref().map(|_| "iss"));
+        required.extend(cfg.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         match &cfg.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -140,6 +190,25 @@ impl Verifier {
         }
         let name = c.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| c.sub.clone());
         Ok(Identity { user: c.sub, session: c.session, name: name.chars().take(64).collect(), grants: c.grants })
+    }
+}
+
+impl Verifier {
+    /// Verifies a token for the REST API: a service token (admin grant, no session) or a
+    /// participant token.
+    pub fn verify_rest(&self, token: &str) -> Result<RestCaller, AuthError> {
+        let data =
+            jsonwebtoken::decode::<ServiceClaims>(token, &self.key, &self.validation).map_err(|e| classify(&e))?;
+        let c = data.claims;
+        match c.session {
+            None if c.grants.admin && !c.sub.is_empty() && c.sub.len() <= MAX_ID_LEN => {
+                Ok(RestCaller::Admin { sub: c.sub })
+            }
+            None => {
+                Err(AuthError::new(ErrorCode::TokenInvalidClaims, "a token without a session claim must grant admin"))
+            }
+            Some(_) => self.verify(token).map(RestCaller::Participant),
+        }
     }
 }
 
@@ -191,6 +260,22 @@ impl Minter {
         })
     }
 
+    /// A service token: `admin` grant, no session (what the Veza API would mint for itself).
+    pub fn mint_admin(&self, sub: &str, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        let claims = ServiceClaims {
+            sub: sub.to_owned(),
+            session: None,
+            grants: Grants { publish: false, subscribe: false, chat: false, record: true, admin: true },
+            exp: now + ttl.as_secs(),
+            nbf: None,
+            iat: Some(now),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone().map(Audience::One),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+    }
+
     pub fn mint(&self, identity: &Identity, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
         let now = unix_now();
         let claims = Claims {
@@ -202,7 +287,7 @@ impl Minter {
             nbf: None,
             iat: Some(now),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Audience::One),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
     }
@@ -217,7 +302,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> AuthConfig {
-        AuthConfig { secret: Some("s3cret".into()), ..AuthConfig::default() }
+        AuthConfig { secret: Some("s3cret-s3cret-s3cret-s3cret-s3cret".into()), ..AuthConfig::default() }
     }
 
     fn ident() -> Identity {
@@ -233,7 +318,7 @@ mod tests {
     #[test]
     fn other_secret_is_bad_signature() {
         let t = Minter::from_config(&cfg()).unwrap().mint(&ident(), Duration::from_secs(60)).unwrap();
-        let other = AuthConfig { secret: Some("other".into()), ..AuthConfig::default() };
+        let other = AuthConfig { secret: Some("other-other-other-other-other-other".into()), ..AuthConfig::default() };
         let e = Verifier::from_config(&other).unwrap().verify(&t).unwrap_err();
         assert_eq!(e.code, ErrorCode::TokenBadSignature);
     }
@@ -242,6 +327,17 @@ mod tests {
     fn garbage_is_malformed() {
         let e = Verifier::from_config(&cfg()).unwrap().verify("not.a.jwt").unwrap_err();
         assert_eq!(e.code, ErrorCode::TokenMalformed);
+    }
+
+    #[test]
+    fn admin_tokens_reach_rest_but_never_join() {
+        let minter = Minter::from_config(&cfg()).unwrap();
+        let verifier = Verifier::from_config(&cfg()).unwrap();
+        let admin = minter.mint_admin("veza-api", Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier.verify_rest(&admin).unwrap(), RestCaller::Admin { sub: "veza-api".into() });
+        assert_eq!(verifier.verify(&admin).unwrap_err().code, ErrorCode::TokenInvalidClaims);
+        let participant = minter.mint(&ident(), Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier.verify_rest(&participant).unwrap(), RestCaller::Participant(ident()));
     }
 
     #[test]

@@ -25,6 +25,13 @@ pub struct Config {
     pub chat: ChatConfig,
     /// STUN/TURN servers handed to clients in `joined`, as browsers take them. Default: none.
     pub ice_servers: Vec<IceServer>,
+    /// The coturn beside this server: URIs and the shared secret ephemeral credentials are
+    /// minted with (`src/turn.rs`). Default: none.
+    pub turn: crate::turn::TurnConfig,
+    /// On SIGTERM/SIGINT the server stops taking joins and waits this long at most for the
+    /// last participant to leave before exiting. Default: 10 min.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +43,12 @@ pub struct HttpConfig {
     pub static_dir: PathBuf,
     /// Largest signaling message accepted, in bytes; larger ones get `message_too_large`. Default: 64 KiB.
     pub max_message_bytes: usize,
+    /// Sustained signaling messages per second one client may send; the excess gets
+    /// `rate_limited` and is dropped. Default: 20.
+    pub messages_per_second: f64,
+    /// Messages a client may send in a burst above the rate (ICE candidates come in bursts);
+    /// a client that keeps sending this many more while limited is disconnected. Default: 100.
+    pub message_burst: u32,
     /// Interval of WebSocket pings to each client. Default: 15 s.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
@@ -78,6 +91,8 @@ pub struct MediaConfig {
     pub socket_buffer_bytes: usize,
     /// Largest SDP accepted from a client, in bytes. Default: 32 KiB.
     pub max_sdp_bytes: usize,
+    /// Audio tracks one participant may publish (an instrument and a mic). Default: 2.
+    pub max_tracks_per_participant: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +148,8 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             chat: ChatConfig::default(),
             ice_servers: Vec::new(),
+            turn: crate::turn::TurnConfig::default(),
+            drain_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -143,6 +160,8 @@ impl Default for HttpConfig {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7880)),
             static_dir: PathBuf::from("static"),
             max_message_bytes: 64 * 1024,
+            messages_per_second: 20.0,
+            message_burst: 100,
             keepalive_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             outbound_queue: 256,
@@ -165,6 +184,7 @@ impl Default for MediaConfig {
             ice_keepalive_interval: Duration::from_secs(2),
             socket_buffer_bytes: 8 * 1024 * 1024,
             max_sdp_bytes: 32 * 1024,
+            max_tracks_per_participant: 2,
         }
     }
 }
@@ -196,7 +216,8 @@ impl Default for ChatConfig {
 }
 
 /// Top-level keys of [`Config`], as environment variables name them.
-const SECTIONS: &[&str] = &["dev", "data_dir", "http", "media", "auth", "sessions", "chat", "ice_servers"];
+const SECTIONS: &[&str] =
+    &["dev", "data_dir", "http", "media", "auth", "sessions", "chat", "ice_servers", "turn", "drain_timeout"];
 
 impl Config {
     /// The defaults for dev mode: loopback only.

@@ -8,13 +8,18 @@ pub mod auth;
 pub mod bench;
 pub mod chat;
 pub mod config;
+pub mod conn_stats;
 pub mod dev;
+pub mod drain;
+pub mod export;
 pub mod http;
 pub mod media;
+pub mod record;
 pub mod server;
 pub mod session;
 pub mod sim;
 pub mod telemetry;
+pub mod turn;
 
 pub use config::Config;
 pub use server::Server;

@@ -46,14 +46,25 @@ enum Command {
     },
     /// Measure forwarding under load: starts a server, joins simulated musicians, reports.
     Bench(veza_sfu::bench::BenchArgs),
-    /// Mint a participant token with the configured HS256 secret (or the dev secret).
+    /// Export a recording directory (data_dir/recordings/SESSION/ID) to aligned stems or a mix.
+    Export(veza_sfu::export::cli::ExportArgs),
+    /// Benchmark export: a synthetic multi-musician recording to FLAC stems, next to ffmpeg.
+    BenchExport(veza_sfu::export::bench::BenchExportArgs),
+    /// Mint a participant token (or with --admin a service token for the REST API) with the
+    /// configured HS256 secret (or the dev secret).
     Token {
         #[command(flatten)]
         config: ConfigArgs,
+        #[arg(long, required_unless_present = "admin")]
+        session: Option<String>,
+        #[arg(long, required_unless_present = "admin")]
+        user: Option<String>,
+        /// A service token: `admin` grant, no session; for the REST API only.
+        #[arg(long, conflicts_with = "session")]
+        admin: bool,
+        /// Grant `record`: start/stop recording from signaling, export and download over REST.
         #[arg(long)]
-        session: String,
-        #[arg(long)]
-        user: String,
+        record: bool,
         /// Display name (default: the user id).
         #[arg(long)]
         name: Option<String>,
@@ -99,13 +110,21 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Token { config, session, user, name, no_publish, no_subscribe, no_chat, ttl } => {
+        Command::Export(args) => veza_sfu::export::cli::run(&args),
+        Command::BenchExport(args) => veza_sfu::export::bench::run(&args),
+        Command::Token { config, session, user, admin, record, name, no_publish, no_subscribe, no_chat, ttl } => {
             let cfg = load(&config)?;
+            if admin {
+                let sub = user.unwrap_or_else(|| "veza-api".to_owned());
+                println!("{}", minter(&cfg)?.mint_admin(&sub, ttl)?);
+                return Ok(());
+            }
+            let (Some(session), Some(user)) = (session, user) else { bail!("--session and --user are required") };
             let identity = Identity {
                 name: name.unwrap_or_else(|| user.clone()),
                 user,
                 session,
-                grants: Grants { publish: !no_publish, subscribe: !no_subscribe, chat: !no_chat },
+                grants: Grants { publish: !no_publish, subscribe: !no_subscribe, chat: !no_chat, record, admin: false },
             };
             println!("{}", mint(&cfg, &identity, ttl)?);
             Ok(())
@@ -133,6 +152,10 @@ fn init_logging(json: bool) {
 
 /// Mints with the configured secret, else the dev secret a dev server left in `data_dir`.
 fn mint(cfg: &Config, identity: &Identity, ttl: Duration) -> anyhow::Result<String> {
+    Ok(minter(cfg)?.mint(identity, ttl)?)
+}
+
+fn minter(cfg: &Config) -> anyhow::Result<Minter> {
     let mut auth = cfg.auth.clone();
     if auth.secret.is_none() {
         auth.secret = dev::read_secret(&cfg.data_dir)?;
@@ -144,11 +167,13 @@ fn mint(cfg: &Config, identity: &Identity, ttl: Duration) -> anyhow::Result<Stri
             dev::secret_path(&cfg.data_dir).display()
         );
     }
-    Ok(Minter::from_config(&auth)?.mint(identity, ttl)?)
+    Ok(Minter::from_config(&auth)?)
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let dev_mode = cfg.dev;
+    // Listen before anything is announced: from here on, SIGTERM/SIGINT drain (src/drain.rs).
+    let signals = veza_sfu::drain::Signals::new()?;
     let server = Server::start(cfg).await?;
     if dev_mode {
         let identity = Identity {
@@ -165,13 +190,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             server.http_url()
         );
     }
-    server
-        .run_until(async {
-            if let Err(e) = tokio::signal::ctrl_c().await {
-                tracing::error!("cannot wait for Ctrl-C: {e}");
-                std::future::pending::<()>().await;
-            }
-            tracing::info!("interrupted: shutting down");
-        })
-        .await
+    let (drain, timeout) = (server.drain(), server.config.drain_timeout);
+    server.run_until(signals.drain(drain, timeout)).await
 }

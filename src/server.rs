@@ -20,6 +20,7 @@ pub struct Server {
     pub config: Arc<Config>,
     pub media: Arc<MediaEngine>,
     ready: Arc<AtomicBool>,
+    drain: Arc<crate::drain::Drain>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -30,6 +31,7 @@ impl Server {
         if config.dev && config.auth.secret.is_none() && config.auth.algorithm == "HS256" {
             config.auth.secret = Some(crate::dev::ensure_secret(&config.data_dir).context("creating the dev secret")?);
         }
+        config.turn.validate()?;
         crate::telemetry::install();
         let verifier = Arc::new(Verifier::from_config(&config.auth)?);
         let media = Arc::new(MediaEngine::start(&config).context("starting media workers")?);
@@ -39,7 +41,16 @@ impl Server {
         let http_addr = listener.local_addr()?;
         let config = Arc::new(config);
         let ready = Arc::new(AtomicBool::new(true));
-        let state = AppState { config: config.clone(), verifier, media: media.clone(), ready: ready.clone() };
+        let drain = Arc::new(crate::drain::Drain::new(ready.clone()));
+        let state = AppState {
+            config: config.clone(),
+            verifier,
+            media: media.clone(),
+            ready: ready.clone(),
+            drain: drain.clone(),
+            recordings: Arc::new(crate::record::Recordings::new(&config.data_dir)),
+            exports: Arc::default(),
+        };
         let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -50,7 +61,7 @@ impl Server {
                 .await
         });
         tracing::info!(%http_addr, "HTTP listening");
-        Ok(Server { http_addr, config, media, ready, stop: Some(stop), task })
+        Ok(Server { http_addr, config, media, ready, drain, stop: Some(stop), task })
     }
 
     /// The signaling URL, e.g. `ws://127.0.0.1:7880/v1/ws`.
@@ -68,6 +79,11 @@ impl Server {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// The drain state: [`crate::drain::Drain::start`] refuses joins and tells participants.
+    pub fn drain(&self) -> Arc<crate::drain::Drain> {
+        self.drain.clone()
     }
 
     /// Serves until `stop` completes (then shuts down) or the HTTP server fails.

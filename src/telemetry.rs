@@ -29,9 +29,12 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
+            let mut builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(FORWARD_LATENCY.to_owned()), LATENCY_BUCKETS)
                 .ok()?;
+            for (name, buckets) in crate::conn_stats::BUCKETS {
+                builder = builder.set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets).ok()?;
+            }
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
@@ -49,13 +52,18 @@ fn describe() {
     );
     metrics::describe_counter!(RTP_FORWARDED, "RTP packets written to subscriber connections");
     metrics::describe_counter!(RTP_RECEIVED, "RTP packets received from publishers");
+    crate::conn_stats::describe();
 }
 
 /// One worker's metric handles, labelled with its index (a handful of values: low cardinality).
 pub struct WorkerMetrics {
     pub forward_latency: Histogram,
+    /// Datagrams the kernel refused to send (socket buffer full, unreachable): counted as
+    /// they happen, which is rare.
+    pub send_failed: Counter,
     sessions: Gauge,
     participants: Gauge,
+    tracks: Gauge,
     connections: Gauge,
     routes: Gauge,
     received: Counter,
@@ -77,8 +85,10 @@ impl WorkerMetrics {
         };
         WorkerMetrics {
             forward_latency: metrics::histogram!(FORWARD_LATENCY, labels.clone()),
+            send_failed: dropped("send_failed"),
             sessions: metrics::gauge!("veza_sessions", labels.clone()),
             participants: metrics::gauge!("veza_participants", labels.clone()),
+            tracks: metrics::gauge!("veza_tracks", labels.clone()),
             connections: metrics::gauge!("veza_peer_connections", labels.clone()),
             routes: metrics::gauge!("veza_forwarding_routes", labels.clone()),
             received: metrics::counter!(RTP_RECEIVED, labels.clone()),
@@ -94,6 +104,7 @@ impl WorkerMetrics {
     pub fn publish(&self, s: &HostStats) {
         self.sessions.set(s.sessions as f64);
         self.participants.set(s.participants as f64);
+        self.tracks.set(s.tracks as f64);
         self.connections.set(s.connections as f64);
         self.routes.set(s.routes as f64);
         self.received.absolute(s.rtp_received);

@@ -3,6 +3,8 @@
 // "chat" data channel), plays everyone else from a server-offered "subscriber" connection, and
 // shows levels, delays and chat. Plain ES module: no build step, no dependencies.
 
+import { recording, onRecordingStarted, onRecordingStopped, renderRecording, exportStems } from './recording.js';
+
 const PROTOCOL_VERSION = 1;
 const CHAT_LABEL = 'chat';
 const PING_INTERVAL_MS = 2000;
@@ -61,6 +63,7 @@ const veza = {
   leave: () => leave(),
   sendChat: (text) => sendChat(text),
   setMuted: (muted) => setMuted(muted),
+  recording,
 };
 window.veza = veza;
 
@@ -175,7 +178,8 @@ function onSocketClose(s, ev) {
 
 /**
  * The browser hides why an upgrade failed; the same URL as a plain GET tells us: the server
- * answers 401 {code, message} for a refused token and 503 {code: "not_ready"} while draining.
+ * answers 401 {code, message} for a refused token, 503 {code: "draining"} while draining and
+ * 503 {code: "not_ready"} while not ready.
  */
 async function explainRefusal(token) {
   let res;
@@ -253,7 +257,11 @@ const signalHandlers = {
   track_published: onTrackPublished,
   track_unpublished: onTrackUnpublished,
   track_muted: onTrackMuted,
+  recording_started: (s, m) => onRecordingStarted(m),
+  recording_stopped: (s, m) => onRecordingStopped(m),
   pong: onPong,
+  // The server is shutting down: nothing is cut yet; say so, so the band can finish the piece.
+  draining: (s, m) => showStatus(`Server restarting: ${m.message}`, 'error'),
   error: (s, m) => {
     s.gotServerError = true;
     reportServerError(m.code, m.message);
@@ -361,6 +369,11 @@ function explainError(code, message) {
     case 'token_wrong_audience':
     case 'token_invalid_claims':
       return { title: 'Your access token was rejected', detail: detail('The server does not accept this token; ask for a new invite link.') };
+    case 'draining':
+      return {
+        title: 'This server is restarting',
+        detail: detail('Join again in a moment: another server will take you.'),
+      };
     case 'not_ready':
       return {
         title: 'The server is not accepting joins right now',
@@ -955,6 +968,7 @@ function formatMs(ms) {
 
 function updateControls() {
   const connected = Boolean(session);
+  renderRecording(state);
   $('join').disabled = connected;
   $('token').disabled = connected;
   // Once in, the token is noise: the form comes back after leaving or an error.
@@ -1082,6 +1096,12 @@ function init() {
   });
   $('leave').addEventListener('click', () => leave());
   $('mute').addEventListener('click', () => setMuted(!state.muted));
+  $('record').addEventListener('click', () => {
+    if (session) send(session, { type: recording.active ? 'stop_recording' : 'start_recording' });
+  });
+  $('export-stems').addEventListener('click', () => {
+    if (session) exportStems({ sessionId: state.sessionId, token: session.token }, render);
+  });
   $('chat-form').addEventListener('submit', (ev) => {
     // The form's submit covers both the Send button and Enter in the input.
     ev.preventDefault();

@@ -78,9 +78,18 @@ async fn issuer_and_audience_are_checked_when_configured() {
     c["aud"] = json!("another-service");
     assert_eq!(refused_with(&url, &hs256(c)).await, ErrorCode::TokenWrongAudience);
 
+    // Leaving a configured claim out is no way around it.
+    let mut c = claims();
+    c["aud"] = json!("veza-sfu");
+    assert_eq!(refused_with(&url, &hs256(c)).await, ErrorCode::TokenInvalidClaims);
     let mut c = claims();
     c["iss"] = json!("veza-api");
-    c["aud"] = json!("veza-sfu");
+    assert_eq!(refused_with(&url, &hs256(c)).await, ErrorCode::TokenInvalidClaims);
+
+    // golang-jwt v5 writes `aud` as an array.
+    let mut c = claims();
+    c["iss"] = json!("veza-api");
+    c["aud"] = json!(["veza-sfu"]);
     let mut client = Client::connect(&url, &hs256(c)).await.expect("a good token joins");
     assert!(matches!(client.recv().await.unwrap(), Some(ServerMessage::Joined(_))));
     server.shutdown().await.unwrap();
@@ -113,4 +122,12 @@ async fn rs256_and_eddsa_tokens_verify_with_public_keys() {
         assert_eq!(refused_with(&url, &confused).await, ErrorCode::TokenWrongAlgorithm);
         server.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_short_secret_stops_the_server_from_starting() {
+    let mut config = common::test_config();
+    config.auth.secret = Some(String::new());
+    let err = veza_sfu::Server::start(config).await.err().expect("an empty secret must be refused");
+    assert!(err.to_string().contains("at least"), "{err}");
 }

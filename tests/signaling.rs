@@ -77,3 +77,40 @@ async fn probes_answer_and_readiness_follows_the_server() {
     assert!(metrics.contains("veza_participants"), "{metrics}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_signaling_flood_is_limited_then_disconnected() {
+    let mut config = common::test_config();
+    config.http.messages_per_second = 0.5;
+    config.http.message_burst = 5;
+    let server = common::start_with(config).await;
+    let mut client = Client::connect(&server.ws_url(), &common::token("s", "flood")).await.unwrap();
+    assert!(matches!(client.recv().await.unwrap(), Some(ServerMessage::Joined(_))));
+    for _ in 0..8 {
+        client.send(&ClientMessage::Ping { ts: None }).await.unwrap();
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..8 {
+        match client.recv().await.unwrap() {
+            Some(ServerMessage::Pong { .. }) => pongs += 1,
+            Some(ServerMessage::Error { code: ErrorCode::RateLimited, .. }) => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pongs >= 5 && limited >= 1 && pongs + limited == 8, "{pongs} pongs, {limited} refusals");
+    // Keep going while limited: the server hangs up.
+    for _ in 0..10 {
+        if client.send(&ClientMessage::Ping { ts: None }).await.is_err() {
+            break;
+        }
+    }
+    loop {
+        match client.recv().await {
+            Ok(Some(ServerMessage::Error { code: ErrorCode::RateLimited, .. } | ServerMessage::Pong { .. })) => {}
+            Ok(None) | Err(_) => break,
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+    common::eventually("the flooder is gone", || async { server.stats().await.participants == 0 }).await;
+    server.shutdown().await.unwrap();
+}

@@ -42,6 +42,14 @@ pub struct Grants {
     pub subscribe: bool,
     #[serde(default = "yes")]
     pub chat: bool,
+    /// May start and stop recording the session (`start_recording` / `stop_recording`), and
+    /// export and download its recordings over REST. Default: false.
+    #[serde(default)]
+    pub record: bool,
+    /// A service token of the Veza API (no `session` claim): the REST API on every session.
+    /// Never valid for joining. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 fn yes() -> bool {
@@ -50,7 +58,7 @@ fn yes() -> bool {
 
 impl Default for Grants {
     fn default() -> Self {
-        Grants { publish: true, subscribe: true, chat: true }
+        Grants { publish: true, subscribe: true, chat: true, record: false, admin: false }
     }
 }
 
@@ -145,12 +153,16 @@ pub enum ErrorCode {
     SessionFull,
     ServerFull,
     NotReady,
+    /// The server is shutting down: join again (another node takes the join).
+    Draining,
     // Messages.
     MalformedMessage,
     UnknownMessageType,
     MessageTooLarge,
+    RateLimited,
     // Media negotiation.
     PublishNotAllowed,
+    TrackLimit,
     InvalidSdp,
     NegotiationFailed,
     InvalidCandidate,
@@ -159,6 +171,13 @@ pub enum ErrorCode {
     ChatTooLong,
     ChatEmpty,
     ChatRateLimited,
+    // Recording and export.
+    RecordNotAllowed,
+    RecordingNotFound,
+    RecordingActive,
+    ExportNotFound,
+    InvalidRequest,
+    Forbidden,
     // Anything else.
     Internal,
 }
@@ -182,10 +201,15 @@ pub enum ClientMessage {
     },
     /// I am leaving; the server closes the socket after this.
     Leave,
+    /// Start recording the session (needs the `record` grant); everyone gets `recording_started`.
+    StartRecording,
+    /// Stop the session's recording (needs the `record` grant); everyone gets `recording_stopped`.
+    StopRecording,
 }
 
 /// Every `type` a client may send, for telling unknown types from malformed known ones.
-pub const CLIENT_MESSAGE_TYPES: &[&str] = &["offer", "answer", "candidate", "mute", "ping", "leave"];
+pub const CLIENT_MESSAGE_TYPES: &[&str] =
+    &["offer", "answer", "candidate", "mute", "ping", "leave", "start_recording", "stop_recording"];
 
 /// Why a client frame could not be understood.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -264,6 +288,20 @@ pub enum ServerMessage {
         code: ErrorCode,
         message: String,
     },
+    /// The server is shutting down. Nothing is cut now: finish the piece, then join again
+    /// (the API sends the new join to another node). The server closes remaining connections
+    /// `reconnect_within_ms` after this message. Sent once; joins are refused from then on.
+    Draining {
+        reconnect_within_ms: u64,
+        message: String,
+    },
+    /// The session is being recorded (sent to everyone, and to late joiners after `joined`).
+    RecordingStarted {
+        recording_id: String,
+    },
+    RecordingStopped {
+        recording_id: String,
+    },
 }
 
 impl ServerMessage {
@@ -307,6 +345,8 @@ mod tests {
             ClientMessage::Mute { muted: true },
             ClientMessage::Ping { ts: None },
             ClientMessage::Leave,
+            ClientMessage::StartRecording,
+            ClientMessage::StopRecording,
         ];
         for m in samples {
             let json = serde_json::to_string(&m).unwrap();

@@ -1,5 +1,6 @@
 //! The HTTP surface: signaling WebSocket, health probes and the reference web client.
 
+mod rest;
 mod ws;
 
 use std::sync::Arc;
@@ -25,12 +26,19 @@ pub struct AppState {
     pub media: Arc<MediaEngine>,
     /// False while starting or draining: `/readyz` says 503 and joins are refused.
     pub ready: Arc<AtomicBool>,
+    /// Draining on SIGTERM: participants told, joins refused with a reconnect hint.
+    pub drain: Arc<crate::drain::Drain>,
+    /// Live recordings and the recordings on disk (src/record).
+    pub recordings: Arc<crate::record::Recordings>,
+    /// Export jobs (src/export).
+    pub exports: Arc<crate::export::jobs::Exports>,
 }
 
 pub fn router(state: AppState) -> Router {
     let static_files = ServeDir::new(&state.config.http.static_dir);
     Router::new()
         .route("/v1/ws", get(ws::handler))
+        .merge(rest::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -41,6 +49,8 @@ pub fn router(state: AppState) -> Router {
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready").into_response()
+    } else if state.drain.is_draining() {
+        error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Draining, "draining: not accepting joins")
     } else {
         error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, "not accepting joins")
     }

@@ -18,6 +18,7 @@ use veza_signaling::{ClientMessage, ErrorCode, LeaveReason, ServerMessage};
 
 use super::{AppState, error_response};
 use crate::auth::Identity;
+use crate::chat::RateLimiter;
 use crate::media::WorkerHandle;
 use crate::session::JoinRequest;
 
@@ -47,6 +48,9 @@ pub async fn handler(
             return error_response(StatusCode::UNAUTHORIZED, e.code, e.message);
         }
     };
+    if state.drain.is_draining() {
+        return crate::drain::refused_join();
+    }
     if !state.ready.load(Ordering::Acquire) {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, "server is not accepting joins");
     }
@@ -82,13 +86,16 @@ async fn run(mut socket: WebSocket, state: AppState, identity: Identity) {
     let worker = state.media.worker_for(&identity.session).clone();
     let id = participant_id();
     let (outbound, mut inbound_from_worker) = mpsc::channel(cfg.outbound_queue.max(1));
+    let rights = super::rest::RecordRights::of(&identity);
     let join = JoinRequest { participant_id: id.clone(), identity, outbound };
+    // Counted from before the join, so a drain never sees zero while this one is joining.
+    let _live = state.drain.participant();
     if let Err(e) = worker.join(join).await {
         let _ = socket.send(text_frame(&ServerMessage::error(e.code, e.message))).await;
         let _ = socket.close().await;
         return;
     }
-    let reason = relay(&mut socket, &state, &worker, &id, &mut inbound_from_worker).await;
+    let reason = relay(&mut socket, &state, &worker, &id, &rights, &mut inbound_from_worker).await;
     if let Some(reason) = reason {
         worker.leave(&id, reason).await;
     }
@@ -102,14 +109,27 @@ async fn relay(
     state: &AppState,
     worker: &WorkerHandle,
     id: &str,
+    rights: &super::rest::RecordRights,
     from_worker: &mut mpsc::Receiver<ServerMessage>,
 ) -> Option<LeaveReason> {
     let cfg = &state.config.http;
     let mut keepalive = tokio::time::interval(cfg.keepalive_interval);
     keepalive.tick().await; // the first tick is immediate
     let mut last_heard = Instant::now();
+    let mut limiter = RateLimiter::new(cfg.messages_per_second, cfg.message_burst, last_heard);
+    let mut refused_in_a_row = 0u32;
+    let mut drain = state.drain.subscribe();
+    drain.mark_changed(); // a join that raced the start of a drain is told at once
     loop {
         tokio::select! {
+            Ok(()) = drain.changed() => {
+                let deadline = *drain.borrow_and_update();
+                if let Some(deadline) = deadline
+                    && socket.send(text_frame(&crate::drain::notice(deadline))).await.is_err()
+                {
+                    return Some(LeaveReason::Disconnected);
+                }
+            }
             frame = socket.recv() => {
                 last_heard = Instant::now();
                 let text = match frame {
@@ -126,6 +146,19 @@ async fn relay(
                         return Some(LeaveReason::Disconnected);
                     }
                 };
+                // Every message becomes work on the session's worker: a flood must not
+                // slow the jam for everyone on it.
+                if !limiter.try_take(last_heard) {
+                    refused_in_a_row += 1;
+                    if refused_in_a_row > cfg.message_burst {
+                        info!(participant = id, "signaling flood: disconnecting");
+                        return Some(LeaveReason::Disconnected);
+                    }
+                    let reply = ServerMessage::error(ErrorCode::RateLimited, "too many messages; slow down");
+                    if socket.send(text_frame(&reply)).await.is_err() { return Some(LeaveReason::Disconnected); }
+                    continue;
+                }
+                refused_in_a_row = 0;
                 if text.len() > cfg.max_message_bytes {
                     let reply = ServerMessage::error(
                         ErrorCode::MessageTooLarge,
@@ -136,6 +169,14 @@ async fn relay(
                 }
                 match ClientMessage::parse(text.as_str()) {
                     Ok(ClientMessage::Leave) => return Some(LeaveReason::Left),
+                    Ok(m @ (ClientMessage::StartRecording | ClientMessage::StopRecording)) => {
+                        let start = m == ClientMessage::StartRecording;
+                        if let Some(reply) = super::rest::recording_command(state, rights, id, start).await
+                            && socket.send(text_frame(&reply)).await.is_err()
+                        {
+                            return Some(LeaveReason::Disconnected);
+                        }
+                    }
                     Ok(message) => worker.signal(id, message).await,
                     Err(e) => {
                         let reply = ServerMessage::error(e.code(), e.to_string());

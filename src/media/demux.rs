@@ -20,9 +20,12 @@ impl Demux {
         self.by_ufrag.insert(ufrag, conn);
     }
 
-    /// Remembers where a connection's traffic comes from (ICE may use several addresses).
+    /// Remembers where a connection's traffic will come from: the address our own STUN check
+    /// goes to (its answer carries no USERNAME). Never takes an address from another
+    /// connection: a client must not redirect someone else's traffic by naming their address
+    /// as a candidate.
     pub fn learn(&mut self, addr: SocketAddr, conn: ConnKey) {
-        self.by_addr.insert(addr, conn);
+        self.by_addr.entry(addr).or_insert(conn);
     }
 
     /// Forgets everything about a connection.
@@ -31,16 +34,24 @@ impl Demux {
         self.by_ufrag.retain(|_, c| *c != conn);
     }
 
-    /// The connection a datagram belongs to; learns the address when STUN names it.
+    /// The connection a datagram belongs to. A STUN request names its connection by our ICE
+    /// username fragment, which is authoritative (a NAT rebinding or a reused address moves
+    /// with it); anything else goes by source address.
     pub fn route(&mut self, src: SocketAddr, datagram: &[u8]) -> Option<ConnKey> {
-        if let Some(&conn) = self.by_addr.get(&src) {
+        // Only STUN (first byte 0 or 1) can carry a USERNAME; media skips the parse.
+        if datagram.first().is_some_and(|b| *b < 2)
+            && let Some(conn) = self.by_stun_username(datagram)
+        {
+            self.by_addr.insert(src, conn);
             return Some(conn);
         }
+        self.by_addr.get(&src).copied()
+    }
+
+    fn by_stun_username(&self, datagram: &[u8]) -> Option<ConnKey> {
         let username = stun_username(datagram)?;
         let ours = username.split(|b| *b == b':').next()?;
-        let conn = *self.by_ufrag.get(std::str::from_utf8(ours).ok()?)?;
-        self.by_addr.insert(src, conn);
-        Some(conn)
+        self.by_ufrag.get(std::str::from_utf8(ours).ok()?).copied()
     }
 
     pub fn addresses(&self) -> usize {

@@ -4,12 +4,12 @@
 //! each subscriber leg (SSRC, payload type, no header extensions) and queued on that leg's
 //! connection in the same loop turn it arrived in, keeping the publisher's timing.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
+use rustc_hash::FxHashMap;
 
 use super::conn::{ConnKey, Conns};
 use super::peer::OPUS_PAYLOAD_TYPE;
@@ -39,9 +39,11 @@ pub struct ForwardCounters {
 }
 
 /// Who hears which track: publisher connection -> track id -> subscriber legs.
+/// Looked up twice per packet, so with a fast non-cryptographic hash: the keys are our own
+/// connection keys and track ids the publisher's own connection already accepted.
 #[derive(Default)]
 pub struct Router {
-    by_source: HashMap<ConnKey, HashMap<String, Vec<Route>>>,
+    by_source: FxHashMap<ConnKey, FxHashMap<String, Vec<Route>>>,
     pub counters: ForwardCounters,
 }
 

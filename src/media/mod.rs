@@ -8,6 +8,7 @@ pub mod demux;
 pub mod forward;
 pub mod peer;
 pub mod sdp;
+pub mod udp;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -21,9 +22,28 @@ use crate::session::{HostStats, JoinError, JoinRequest};
 /// What signaling asks of a worker.
 pub enum Command {
     Join(JoinRequest, oneshot::Sender<Result<(), JoinError>>),
-    Signal { participant: String, message: ClientMessage },
-    Leave { participant: String, reason: LeaveReason },
+    Signal {
+        participant: String,
+        message: ClientMessage,
+    },
+    Leave {
+        participant: String,
+        reason: LeaveReason,
+    },
     Stats(oneshot::Sender<HostStats>),
+    /// Tap the session's publishers into a recording (src/record); refused if the session has
+    /// no participants here or is already recorded.
+    StartRecording {
+        session: String,
+        sink: crate::record::RecordingSink,
+        reply: oneshot::Sender<Result<(), crate::record::RecordError>>,
+    },
+    /// Detach the recording `recording` from the session (dropping its queue ends the writer).
+    StopRecording {
+        session: String,
+        recording: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// A cheap, clonable way to reach one worker.
@@ -48,6 +68,27 @@ impl WorkerHandle {
 
     pub async fn leave(&self, participant: &str, reason: LeaveReason) {
         let _ = self.commands.send(Command::Leave { participant: participant.to_owned(), reason }).await;
+    }
+
+    pub async fn start_recording(
+        &self,
+        session: &str,
+        sink: crate::record::RecordingSink,
+    ) -> Result<(), crate::record::RecordError> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::StartRecording { session: session.to_owned(), sink, reply };
+        self.commands.send(command).await.map_err(|_| crate::record::RecordError::WorkerGone)?;
+        rx.await.map_err(|_| crate::record::RecordError::WorkerGone)?
+    }
+
+    /// Whether the session was being recorded as `recording` (it is not any more).
+    pub async fn stop_recording(&self, session: &str, recording: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::StopRecording { session: session.to_owned(), recording: recording.to_owned(), reply };
+        if self.commands.send(command).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     pub async fn stats(&self) -> Option<HostStats> {

@@ -6,10 +6,9 @@ use std::time::Instant;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_rtcp_reports};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
@@ -18,6 +17,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 
+use super::conn::Role;
 use crate::config::MediaConfig;
 
 /// The payload type we offer Opus on.
@@ -72,7 +72,7 @@ impl PeerFactory {
         )
     }
 
-    pub fn build(&self, now: Instant) -> Result<NewPeer, BuildError> {
+    pub fn build(&self, now: Instant, role: Role) -> Result<NewPeer, BuildError> {
         let ufrag = random_token(16);
         let pwd = random_token(32);
 
@@ -82,8 +82,14 @@ impl PeerFactory {
             RTCRtpCodecParameters { rtp_codec: self.opus_codec(), payload_type: OPUS_PAYLOAD_TYPE },
             RtpCodecKind::Audio,
         )?;
-        // NACK answering and RTCP sender/receiver reports; no TWCC or simulcast for audio.
-        let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut engine));
+        // Every interceptor copies each packet through its queue, so a connection gets only
+        // the one its direction needs: receiver reports where we receive (the publisher learns
+        // loss and RTT), sender reports where we send (receivers sync and recordings align).
+        // No NACK (not negotiated for audio), TWCC or simulcast.
+        let registry = match role {
+            Role::Publisher => Registry::new().with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
+            Role::Subscriber => Registry::new().with(Slot::SenderReport, SenderReportBuilder::new().build()),
+        };
 
         let settings = SettingEngineBuilder::new()
             .with_ice_credentials(ufrag.clone(), pwd)

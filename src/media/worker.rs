@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use super::Command;
 use super::peer::PeerFactory;
+use super::udp::Outbox;
 use crate::config::Config;
 use crate::session::Host;
 use crate::telemetry::{PUBLISH_INTERVAL, WorkerMetrics};
@@ -54,15 +55,19 @@ async fn run(mut host: Host, socket: UdpSocket, mut commands: mpsc::Receiver<Com
     // When the oldest datagram not yet processed was read: forwarding latency starts there.
     let mut first_ingress: Option<Instant> = None;
     let mut published = Instant::now();
+    let mut outbox = Outbox::default();
     loop {
         let now = Instant::now();
         let forwarded_before = host.forwarded();
         host.pump(now);
-        host.transmit(|dst, data| {
-            if let Err(e) = socket.try_send_to(data, dst) {
-                debug!(%dst, "send failed: {e}");
+        host.transmit(|dst, datagram| outbox.push(dst, datagram));
+        if !outbox.is_empty() {
+            let flushed = outbox.flush(socket.as_raw_fd());
+            if flushed.failed > 0 {
+                metrics.send_failed.increment(flushed.failed as u64);
+                debug!(failed = flushed.failed, "datagrams refused by the kernel");
             }
-        });
+        }
         if let Some(ingress) = first_ingress.take()
             && host.forwarded() > forwarded_before
         {
@@ -77,8 +82,8 @@ async fn run(mut host: Host, socket: UdpSocket, mut commands: mpsc::Receiver<Com
             host.handle_timeout(now);
             continue;
         }
+        // Unbiased: a stream of commands must not starve the socket, nor datagrams commands.
         tokio::select! {
-            biased;
             command = commands.recv() => match command {
                 Some(command) => execute(&mut host, command),
                 None => break, // the engine is gone
@@ -118,28 +123,60 @@ fn execute(host: &mut Host, command: Command) {
         Command::Stats(reply) => {
             let _ = reply.send(host.stats());
         }
+        Command::StartRecording { session, sink, reply } => {
+            let _ = reply.send(host.start_recording(&session, sink));
+        }
+        Command::StopRecording { session, recording, reply } => {
+            let _ = reply.send(host.stop_recording(&session, &recording));
+        }
     }
 }
 
-/// One socket carries every connection's bursts: give it a large receive buffer.
+/// One socket carries every connection's bursts: give it large kernel buffers. The forced
+/// variant (root or CAP_NET_ADMIN) may exceed `net.core.rmem_max`; the plain one is capped by it.
 pub fn tune_socket(socket: &std::net::UdpSocket, bytes: usize) {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     let fd = socket.as_raw_fd();
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: fd is a valid socket for the duration of the call; value outlives it.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 && option != libc::SO_RCVBUFFORCE {
-            debug!("setsockopt({option}) failed: {}", std::io::Error::last_os_error());
+    for (forced, plain, name) in
+        [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "receive"), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "send")]
+    {
+        if !set_int_option(fd, forced, bytes) && !set_int_option(fd, plain, bytes) {
+            warn!("could not size the media socket's {name} buffer: {}", std::io::Error::last_os_error());
+        }
+        // The kernel reports double the usable size it granted.
+        let granted = get_int_option(fd, plain).map_or(0, |v| v / 2);
+        if granted < bytes {
+            warn!(
+                requested = bytes,
+                granted,
+                "media socket {name} buffer is smaller than configured (raise net.core.{}mem_max)",
+                if name == "receive" { "r" } else { "w" }
+            );
         }
     }
+}
+
+fn set_int_option(fd: std::os::fd::RawFd, option: libc::c_int, value: usize) -> bool {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fd is a valid socket for the duration of the call; value outlives it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+fn get_int_option(fd: std::os::fd::RawFd, option: libc::c_int) -> Option<usize> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid for writes of the sizes given.
+    let rc =
+        unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len) };
+    (rc == 0).then(|| usize::try_from(value).unwrap_or(0))
 }
 
 /// IPv4 addresses of this host's interfaces that are up.

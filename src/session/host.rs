@@ -32,6 +32,8 @@ use crate::media::demux::Demux;
 use crate::media::forward::{Route, Router};
 use crate::media::peer::PeerFactory;
 use crate::media::sdp;
+use crate::record::tap::TrackIdentity;
+use crate::record::{RecordError, RecordingSink, SessionRecording};
 
 /// A participant asking to join, from a signaling socket whose token was verified.
 pub struct JoinRequest {
@@ -54,6 +56,8 @@ pub struct HostStats {
     pub participants: usize,
     pub connections: usize,
     pub routes: usize,
+    /// Published tracks.
+    pub tracks: usize,
     pub demux_addresses: usize,
     pub demux_ufrags: usize,
     pub rtp_received: u64,
@@ -71,6 +75,7 @@ impl HostStats {
         self.participants += o.participants;
         self.connections += o.connections;
         self.routes += o.routes;
+        self.tracks += o.tracks;
         self.demux_addresses += o.demux_addresses;
         self.demux_ufrags += o.demux_ufrags;
         self.rtp_received += o.rtp_received;
@@ -86,7 +91,12 @@ impl HostStats {
 struct Session {
     members: Vec<ParticipantKey>,
     chat: ChatRoom,
+    /// Set while the session is recorded (src/record).
+    recording: Option<SessionRecording>,
 }
+
+/// Chat bytes a participant's channel may have unacknowledged before we skip it.
+const CHAT_MAX_OUTSTANDING_BYTES: usize = 256 * 1024;
 
 pub struct Host {
     config: Config,
@@ -104,6 +114,8 @@ pub struct Host {
     datagrams_unrouted: u64,
     chat_relayed: u64,
     chat_refused: u64,
+    /// RTP bytes, NACKs, RTT and jitter, sampled per connection on its timer (src/conn_stats.rs).
+    conn_stats: crate::conn_stats::ConnStats,
 }
 
 impl Host {
@@ -123,6 +135,7 @@ impl Host {
             datagrams_unrouted: 0,
             chat_relayed: 0,
             chat_refused: 0,
+            conn_stats: Default::default(),
         }
     }
 
@@ -138,6 +151,7 @@ impl Host {
             participants: self.participants.len(),
             connections: self.conns.len(),
             routes: self.router.route_count(),
+            tracks: self.participants.iter().map(|(_, p)| p.tracks.len()).sum(),
             demux_addresses: self.demux.addresses(),
             demux_ufrags: self.demux.ufrags(),
             rtp_received: c.received,
@@ -185,10 +199,11 @@ impl Host {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some(key) = self.conns.pop_due(now) {
-            if let Some(c) = self.conns.get_mut(key)
-                && let Err(e) = c.pc.handle_timeout(now)
-            {
-                debug!(conn = key, "timeout handling failed: {e}");
+            if let Some(c) = self.conns.get_mut(key) {
+                if let Err(e) = c.pc.handle_timeout(now) {
+                    debug!(conn = key, "timeout handling failed: {e}");
+                }
+                self.conn_stats.maybe_sample(key, c.role, &mut c.pc, now);
             }
             self.conns.touch(key);
         }
@@ -203,17 +218,18 @@ impl Host {
             });
         }
         let history = self.config.chat.history;
-        let session = self
-            .sessions
-            .entry(ident.session.clone())
-            .or_insert_with(|| Session { members: Vec::new(), chat: ChatRoom::new(history) });
+        let session = self.sessions.entry(ident.session.clone()).or_insert_with(|| Session {
+            members: Vec::new(),
+            chat: ChatRoom::new(history),
+            recording: None,
+        });
         if session.members.len() >= self.config.sessions.max_participants {
             return Err(JoinError {
                 code: ErrorCode::SessionFull,
                 message: format!("session is full ({} participants)", self.config.sessions.max_participants),
             });
         }
-        let chat_history = session.chat.history();
+        let chat_history = if ident.grants.chat { session.chat.history() } else { Vec::new() };
         let key = self.participants.insert(Participant {
             id: req.participant_id.clone(),
             user: ident.user,
@@ -230,6 +246,7 @@ impl Host {
             chat: None,
             chat_backlog: Default::default(),
             chat_limiter: RateLimiter::new(self.config.chat.rate_per_second, self.config.chat.burst, now),
+            recording: session.recording.as_ref().map(SessionRecording::tap),
         });
         self.by_id.insert(req.participant_id, key);
         let others: Vec<ParticipantKey> = session.members.clone();
@@ -242,7 +259,7 @@ impl Host {
             session_id: me.session.clone(),
             participant: me.info(),
             participants: others.iter().map(|o| self.participants[*o].info()).collect(),
-            ice_servers: self.config.ice_servers.clone(),
+            ice_servers: crate::turn::ice_servers_for(&self.config, &me.id),
             codec: CodecProfile {
                 mime_type: "audio/opus".to_owned(),
                 clock_rate: 48_000,
@@ -254,6 +271,10 @@ impl Host {
             chat_history,
         };
         self.send(key, ServerMessage::Joined(Box::new(joined)));
+        if let Some(tap) = &self.participants[key].recording {
+            let recording_id = tap.recording.clone();
+            self.send(key, ServerMessage::RecordingStarted { recording_id });
+        }
         let announce = ServerMessage::ParticipantJoined { participant: self.participants[key].info() };
         for o in &others {
             self.send(*o, announce.clone());
@@ -304,6 +325,8 @@ impl Host {
             ClientMessage::Mute { muted } => self.set_muted(key, muted),
             ClientMessage::Ping { ts } => self.send(key, ServerMessage::Pong { ts }),
             ClientMessage::Leave => self.leaving.push((key, LeaveReason::Left)),
+            // Recording control needs the disk: the signaling task handles it (src/http/ws.rs).
+            ClientMessage::StartRecording | ClientMessage::StopRecording => {}
         }
         self.finish_pass(now);
     }
@@ -328,7 +351,7 @@ impl Host {
     }
 
     /// Hands every datagram the touched connections want sent to `send`.
-    pub fn transmit(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
+    pub fn transmit(&mut self, mut send: impl FnMut(SocketAddr, BytesMut)) {
         let touched = self.conns.take_touched();
         for &key in &touched {
             let Some(conn) = self.conns.get_mut(key) else { continue };
@@ -339,7 +362,7 @@ impl Host {
                 if out.message.first().is_some_and(|b| *b < 2) {
                     self.demux.learn(dst, key);
                 }
-                send(dst, &out.message);
+                send(dst, out.message);
             }
             self.conns.refresh_deadline(key);
         }
@@ -357,6 +380,9 @@ impl Host {
             let Some(TaggedRTCMessage { message, .. }) = conn.pc.poll_read() else { break };
             match message {
                 RTCMessage::RtpPacket(track_id, packet) => {
+                    if let Some(tap) = self.participants.get(conn.participant).and_then(|p| p.recording.as_ref()) {
+                        tap.offer(&track_id, &packet, now); // never blocks: a full queue drops and counts
+                    }
                     self.router.forward(&mut self.conns, key, &track_id, packet, now);
                 }
                 RTCMessage::DataChannelMessage(channel, msg) => {
@@ -441,7 +467,7 @@ impl Host {
         };
         let conn = match self.participants[key].publisher {
             Some(c) => c,
-            None => match self.factory.build(now) {
+            None => match self.factory.build(now, Role::Publisher) {
                 Ok(peer) => {
                     let c = self.conns.insert(peer.pc, key, Role::Publisher);
                     self.demux.register(peer.ufrag, c);
@@ -499,9 +525,24 @@ impl Host {
         if !p.grants.publish || p.tracks.iter().any(|t| t.remote_id == remote_id) {
             return;
         }
+        if p.tracks.len() >= self.config.media.max_tracks_per_participant {
+            let limit = self.config.media.max_tracks_per_participant;
+            warn!(participant = %p.id, limit, "track limit reached: new track not forwarded");
+            return self.refuse(
+                key,
+                ErrorCode::TrackLimit,
+                format!("at most {limit} published tracks per participant"),
+            );
+        }
         p.track_counter += 1;
         let info = TrackInfo { id: format!("{}-a{}", p.id, p.track_counter), kind: "audio".to_owned(), muted: p.muted };
         p.tracks.push(PublishedTrack { remote_id: remote_id.clone(), info: info.clone() });
+        if let (Some(tap), Some(rec)) =
+            (p.recording.as_mut(), self.sessions.get_mut(&p.session).and_then(|s| s.recording.as_mut()))
+        {
+            let who = TrackIdentity { participant_id: &p.id, user: &p.user, name: &p.name, track_id: &info.id };
+            rec.add_track(tap, &remote_id, who);
+        }
         let announce = ServerMessage::TrackPublished { participant_id: p.id.clone(), track: info };
         info!(participant = %p.id, track = %remote_id, "track published");
         for other in self.others(key) {
@@ -536,7 +577,7 @@ impl Host {
 
         let sub = match self.participants[dst].subscriber {
             Some(c) => c,
-            None => match self.factory.build(now) {
+            None => match self.factory.build(now, Role::Subscriber) {
                 Ok(peer) => {
                     let c = self.conns.insert(peer.pc, dst, Role::Subscriber);
                     self.demux.register(peer.ufrag, c);
@@ -609,6 +650,9 @@ impl Host {
 
     fn set_muted(&mut self, key: ParticipantKey, muted: bool) {
         let p = &mut self.participants[key];
+        if p.muted == muted {
+            return; // repeating it would only multiply events to everyone else
+        }
         p.muted = muted;
         let pid = p.id.clone();
         let events: Vec<ServerMessage> = p
@@ -626,6 +670,54 @@ impl Host {
         }
     }
 
+    // ---- recording ---------------------------------------------------------------------
+
+    /// Taps every publisher of `session` into the recording behind `sink`.
+    pub fn start_recording(&mut self, session: &str, sink: RecordingSink) -> Result<(), RecordError> {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return Err(RecordError::SessionNotFound(session.to_owned()));
+        };
+        if let Some(r) = &s.recording {
+            return Err(RecordError::AlreadyRecording(r.id.clone()));
+        }
+        let mut rec = SessionRecording::new(sink);
+        for &m in &s.members {
+            let Some(p) = self.participants.get_mut(m) else { continue };
+            let mut tap = rec.tap();
+            for t in &p.tracks {
+                let who = TrackIdentity { participant_id: &p.id, user: &p.user, name: &p.name, track_id: &t.info.id };
+                rec.add_track(&mut tap, &t.remote_id, who);
+            }
+            p.recording = Some(tap);
+        }
+        let announce = ServerMessage::RecordingStarted { recording_id: rec.id.clone() };
+        s.recording = Some(rec);
+        for m in self.members_of(session) {
+            self.send(m, announce.clone());
+        }
+        Ok(())
+    }
+
+    /// Detaches recording `id` from `session`; false if it was not recording that.
+    pub fn stop_recording(&mut self, session: &str, id: &str) -> bool {
+        let Some(s) = self.sessions.get_mut(session) else { return false };
+        if s.recording.as_ref().is_none_or(|r| r.id != id) {
+            return false;
+        }
+        s.recording = None;
+        let members = s.members.clone();
+        for &m in &members {
+            if let Some(p) = self.participants.get_mut(m) {
+                p.recording = None;
+            }
+        }
+        let announce = ServerMessage::RecordingStopped { recording_id: id.to_owned() };
+        for m in members {
+            self.send(m, announce.clone());
+        }
+        true
+    }
+
     // ---- leaving -----------------------------------------------------------------------
 
     fn remove_participant(&mut self, now: Instant, key: ParticipantKey, reason: LeaveReason) {
@@ -641,6 +733,7 @@ impl Host {
         }
         for conn in [p.publisher, p.subscriber].into_iter().flatten() {
             if let Some(mut c) = self.conns.remove(conn) {
+                self.conn_stats.finish(conn, c.role, &mut c.pc, now);
                 let _ = c.pc.close();
             }
             self.demux.forget(conn);
@@ -671,16 +764,14 @@ impl Host {
 
     fn on_chat(&mut self, now: Instant, key: ParticipantKey, raw: &[u8]) {
         let p = &mut self.participants[key];
-        let accepted = if !p.grants.chat {
+        // Every message spends a token, refused ones too: refusals are replies, and replies
+        // must not come free.
+        let accepted = if !p.chat_limiter.try_take(now) {
+            Err(chat::refusal(ErrorCode::ChatRateLimited, "too many chat messages; slow down"))
+        } else if !p.grants.chat {
             Err(chat::refusal(ErrorCode::ChatNotAllowed, "your token does not grant chat"))
         } else {
-            chat::accept(raw, &self.config.chat).and_then(|text| {
-                if p.chat_limiter.try_take(now) {
-                    Ok(text)
-                } else {
-                    Err(chat::refusal(ErrorCode::ChatRateLimited, "too many chat messages; slow down"))
-                }
-            })
+            chat::accept(raw, &self.config.chat)
         };
         let text = match accepted {
             Ok(text) => text,
@@ -712,10 +803,13 @@ impl Host {
             return;
         };
         if let Some(c) = self.conns.get_mut(conn) {
-            if let Some(mut dc) = c.pc.data_channel(channel)
-                && let Err(e) = dc.send_text(now, json)
-            {
-                debug!(participant = %p.id, "chat delivery failed: {e}");
+            if let Some(mut dc) = c.pc.data_channel(channel) {
+                // A peer that stops acknowledging must not pile up chat in our memory.
+                if dc.outstanding_bytes() > CHAT_MAX_OUTSTANDING_BYTES {
+                    debug!(participant = %p.id, "chat channel backed up: message dropped for this participant");
+                } else if let Err(e) = dc.send_text(now, json) {
+                    debug!(participant = %p.id, "chat delivery failed: {e}");
+                }
             }
             self.conns.touch(conn);
         }
@@ -735,9 +829,14 @@ impl Host {
     /// Queues a signaling message; a client too slow to drain its queue is dropped.
     fn send(&mut self, key: ParticipantKey, msg: ServerMessage) {
         let Some(p) = self.participants.get(key) else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = p.outbound.try_send(msg) {
-            warn!(participant = %p.id, "signaling queue full: dropping the participant");
-            self.leaving.push((key, LeaveReason::TooSlow));
+        match p.outbound.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(participant = %p.id, "signaling queue full: dropping the participant");
+                self.leaving.push((key, LeaveReason::TooSlow));
+            }
+            // The signaling task is gone without saying `leave`.
+            Err(mpsc::error::TrySendError::Closed(_)) => self.leaving.push((key, LeaveReason::Disconnected)),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Participant {
     /// Chat to deliver once the chat channel opens (bounded by the history size).
     pub chat_backlog: VecDeque<String>,
     pub chat_limiter: RateLimiter,
+    /// Set while the session is recorded: hands this participant's packets to the writer.
+    pub recording: Option<crate::record::tap::ParticipantTap>,
 }
 
 impl Participant {

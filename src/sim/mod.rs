@@ -10,7 +10,8 @@
 //!
 //! Candidates travel inside the SDP (the sim waits for ICE gathering before offering or
 //! answering) and every socket is bound to 127.0.0.1, so a sim only reaches a server on the same
-//! host; the ICE servers in `joined` are ignored.
+//! host; the ICE servers in `joined` are ignored unless [`SimOptions::relay_only`] is set (then
+//! the sim reaches the server through their TURN relays alone).
 //!
 //! Instead of real Opus the sim sends self-checking payloads (see [`payload`]): receivers verify
 //! every byte, spot loss, duplication and misrouting from the embedded sequence number and
@@ -23,6 +24,7 @@ mod peer;
 mod signal;
 mod state;
 pub mod stats;
+pub mod tone;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +36,9 @@ use rtc::rtp;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use veza_signaling::{CHAT_LABEL, ChatIn, ChatOut, Client, ClientMessage, ErrorCode, Joined, PcTarget, ServerMessage};
+use veza_signaling::{
+    CHAT_LABEL, ChatIn, ChatOut, Client, ClientMessage, ErrorCode, IceServer, Joined, PcTarget, ServerMessage,
+};
 use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -67,6 +71,12 @@ pub struct SimOptions {
     /// Limit for each step that waits on the server or the network: connecting, `joined`, each
     /// negotiation, each signaling send, the chat channel opening.
     pub io_timeout: Duration,
+    /// Reach the server only through TURN: both connections use the TURN servers of
+    /// `joined.ice_servers` with ICE transport policy `relay` (relayed candidates only).
+    pub relay_only: bool,
+    /// Publish real Opus instead of self-checking payloads: a stereo sine tone of this many Hz
+    /// in 10 ms frames (see [`tone`]); receivers then count those packets as corrupt.
+    pub tone_hz: Option<f32>,
 }
 
 impl Default for SimOptions {
@@ -76,6 +86,8 @@ impl Default for SimOptions {
             packet_interval: Duration::from_millis(10),
             payload_len: 160,
             io_timeout: Duration::from_secs(10),
+            relay_only: false,
+            tone_hz: None,
         }
     }
 }
@@ -114,6 +126,7 @@ struct Counters {
     seq: u32,
     rtp_seq: u16,
     rtp_ts: u32,
+    tone: Option<tone::Tone>,
 }
 
 struct SenderTask {
@@ -166,6 +179,7 @@ impl SimParticipant {
         let (answers_tx, mut answers_rx) = mpsc::unbounded_channel();
         let (offers_tx, offers_rx) = mpsc::unbounded_channel();
         shared.adopt(tokio::spawn(signal::read_loop(shared.clone(), rx, answers_tx, offers_tx)));
+        let relay = if opts.relay_only { turn_servers(&joined)? } else { Vec::new() };
         let fmtp = if joined.codec.fmtp.is_empty() { OPUS_FMTP.to_owned() } else { joined.codec.fmtp.clone() };
         shared.adopt(tokio::spawn(signal::negotiate_subscriber(
             shared.clone(),
@@ -173,6 +187,7 @@ impl SimParticipant {
             subscriber_pc.clone(),
             offers_rx,
             fmtp,
+            relay.clone(),
             timeout,
         )));
 
@@ -188,7 +203,7 @@ impl SimParticipant {
             audio: None,
             torn_down: false,
         };
-        match sim.negotiate_publisher(&mut answers_rx).await {
+        match sim.negotiate_publisher(&mut answers_rx, &relay).await {
             Ok(()) => Ok(sim),
             Err(e) => {
                 sim.teardown(true).await;
@@ -198,10 +213,14 @@ impl SimParticipant {
     }
 
     /// Creates the publisher connection, offers it and applies the server's answer.
-    async fn negotiate_publisher(&mut self, answers: &mut mpsc::UnboundedReceiver<String>) -> anyhow::Result<()> {
+    async fn negotiate_publisher(
+        &mut self,
+        answers: &mut mpsc::UnboundedReceiver<String>,
+        relay: &[IceServer],
+    ) -> anyhow::Result<()> {
         let timeout = self.opts.io_timeout;
         let shared = self.shared.clone();
-        let pc = peer::new_peer_connection(shared.clone(), PcTarget::Publisher, OPUS_FMTP).await?;
+        let pc = peer::new_peer_connection(shared.clone(), PcTarget::Publisher, OPUS_FMTP, relay).await?;
         self.publisher_pc = Some(pc.clone());
 
         if self.opts.publish {
@@ -215,6 +234,7 @@ impl SimParticipant {
                     seq: 0,
                     rtp_seq: rand::random(),
                     rtp_ts: rand::random(),
+                    tone: self.opts.tone_hz.map(tone::Tone::new).transpose().context("creating the Opus encoder")?,
                 })),
                 task: Mutex::new(None),
             });
@@ -616,6 +636,22 @@ impl Drop for SimParticipant {
     }
 }
 
+/// The TURN entries of `joined.ice_servers`, for a relay-only sim.
+fn turn_servers(joined: &Joined) -> anyhow::Result<Vec<IceServer>> {
+    let turn: Vec<IceServer> = joined
+        .ice_servers
+        .iter()
+        .filter(|s| s.urls.iter().any(|u| u.starts_with("turn:") || u.starts_with("turns:")))
+        .cloned()
+        .collect();
+    anyhow::ensure!(
+        !turn.is_empty(),
+        "relay_only, but joined.ice_servers has no TURN server: {:?}",
+        joined.ice_servers
+    );
+    Ok(turn)
+}
+
 async fn close_all(pcs: Vec<Arc<dyn PeerConnection>>) {
     for pc in pcs {
         if let Ok(Err(e)) = tokio::time::timeout(CLOSE_STEP_TIMEOUT, pc.close()).await {
@@ -637,25 +673,48 @@ async fn send_audio(
     let tag = payload::stream_tag(&shared.id);
     let ts_step = u32::try_from(interval.as_micros() * u128::from(OPUS_CLOCK_RATE) / 1_000_000).unwrap_or(u32::MAX);
     let mut ticker = tokio::time::interval(interval);
-    // After a stall, carry on at the normal rate rather than bursting to catch up.
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // After a stall, carry on at the normal rate rather than bursting to catch up; a tone's
+    // RTP clock must keep up with real time, so it catches up like a capture device.
+    let tone = counters.lock().await.tone.is_some();
+    ticker.set_missed_tick_behavior(if tone {
+        tokio::time::MissedTickBehavior::Burst
+    } else {
+        tokio::time::MissedTickBehavior::Skip
+    });
+    let mut resumed = false;
     loop {
         ticker.tick().await;
         let mut c = counters.lock().await;
         if stop.load(Ordering::Acquire) {
             break;
         }
+        let (timestamp, payload) = match c.tone.as_mut() {
+            Some(tone) => {
+                if !resumed {
+                    tone.resume(std::time::Instant::now());
+                    resumed = true;
+                }
+                match tone.next_packet() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        shared.record_error(format!("encoding the tone: {e}"));
+                        break;
+                    }
+                }
+            }
+            None => (c.rtp_ts, payload::encode(tag, c.seq, payload::now_us(), payload_len)),
+        };
         let packet = rtp::Packet {
             header: rtp::Header {
                 version: 2,
                 marker: false,
                 payload_type: OPUS_PAYLOAD_TYPE,
                 sequence_number: c.rtp_seq,
-                timestamp: c.rtp_ts,
+                timestamp,
                 ssrc,
                 ..Default::default()
             },
-            payload: payload::encode(tag, c.seq, payload::now_us(), payload_len),
+            payload,
         };
         match track.write_rtp(packet).await {
             Ok(()) => {

@@ -7,14 +7,15 @@ use rtc::ice::mdns::MulticastDnsMode;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use veza_signaling::{CHAT_LABEL, ChatOut, PcTarget};
+use veza_signaling::{CHAT_LABEL, ChatOut, IceServer, PcTarget};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCPeerConnectionState, Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionState, Registry, SettingEngineBuilder,
+    register_default_interceptors,
 };
 
 use super::payload;
@@ -38,11 +39,13 @@ fn opus_codec(fmtp: &str) -> RTCRtpCodec {
 }
 
 /// A peer connection that only uses 127.0.0.1 (host candidates on loopback, mDNS off, no ICE
-/// servers), knows only Opus with `fmtp`, and reports to `shared` as `role`.
+/// servers), knows only Opus with `fmtp`, and reports to `shared` as `role`. With `relay`
+/// servers it gathers relayed candidates only (ICE transport policy `relay`), through them.
 pub(crate) async fn new_peer_connection(
     shared: Arc<Shared>,
     role: PcTarget,
     fmtp: &str,
+    relay: &[IceServer],
 ) -> anyhow::Result<Arc<dyn PeerConnection>> {
     let mut media = MediaEngine::default();
     media.register_codec(
@@ -56,8 +59,18 @@ pub(crate) async fn new_peer_connection(
         // Check candidates as a browser paces them (Chrome: every ~50 ms), not every 200 ms.
         .with_ice_connection_attempts(Some(std::time::Duration::from_millis(50)), None)
         .build();
+    let mut configuration = RTCConfigurationBuilder::new();
+    if !relay.is_empty() {
+        let servers = relay.iter().map(|s| RTCIceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone().unwrap_or_default(),
+            credential: s.credential.clone().unwrap_or_default(),
+        });
+        configuration =
+            configuration.with_ice_servers(servers.collect()).with_ice_transport_policy(RTCIceTransportPolicy::Relay);
+    }
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_configuration(configuration.build())
         .with_media_engine(media)
         .with_setting_engine(settings)
         .with_interceptor_registry(registry)

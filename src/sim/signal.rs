@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 use veza_signaling::client::{ClientReceiver, ClientSender};
-use veza_signaling::{ClientError, ClientMessage, PcTarget, ServerMessage};
+use veza_signaling::{ClientError, ClientMessage, IceServer, PcTarget, ServerMessage};
 use webrtc::peer_connection::{PeerConnection, RTCSessionDescription};
 
 use super::peer;
@@ -77,11 +77,12 @@ pub(crate) async fn negotiate_subscriber(
     slot: Arc<PcSlot>,
     mut offers: mpsc::UnboundedReceiver<String>,
     fmtp: String,
+    relay: Vec<IceServer>,
     timeout: Duration,
 ) {
     while let Some(sdp) = offers.recv().await {
         let offered = offered_tracks(&sdp);
-        match answer_offer(&shared, &tx, &slot, sdp, &fmtp, timeout).await {
+        match answer_offer(&shared, &tx, &slot, sdp, &fmtp, &relay, timeout).await {
             Ok(()) => {
                 shared.set_offered(offered);
                 shared.negotiations.send_modify(|n| *n += 1);
@@ -97,13 +98,14 @@ async fn answer_offer(
     slot: &PcSlot,
     sdp: String,
     fmtp: &str,
+    relay: &[IceServer],
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let existing = lock(slot).clone();
     let pc = match existing {
         Some(pc) => pc,
         None => {
-            let pc = peer::new_peer_connection(shared.clone(), PcTarget::Subscriber, fmtp).await?;
+            let pc = peer::new_peer_connection(shared.clone(), PcTarget::Subscriber, fmtp, relay).await?;
             *lock(slot) = Some(pc.clone());
             pc
         }

@@ -1,0 +1,110 @@
+//! The timeline file beside a recording's Ogg files: when it started, which track is whose,
+//! where each track sits on the recording's clock, and what was lost on the way.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the timeline inside a recording directory.
+pub const TIMELINE_FILE: &str = "timeline.json";
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Still being written (or the server died while writing: the files are valid up to the
+    /// last flushed page).
+    Recording,
+    Stopped,
+}
+
+/// `timeline.json`: rewritten (atomically) as tracks appear, every few seconds, and at the end.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Timeline {
+    pub version: u32,
+    pub session: String,
+    pub recording_id: String,
+    pub state: RecordingState,
+    /// Who started it: a participant id, or `admin` for the REST API.
+    pub started_by: String,
+    /// The recording's zero, wall clock, ms since the Unix epoch; every stem starts here.
+    pub started_at_unix_ms: f64,
+    /// The same instant in ISO 8601 (UTC).
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at_unix_ms: Option<f64>,
+    /// Packets the media workers could not hand to the writer (its queue was full).
+    pub dropped_packets: u64,
+    pub tracks: Vec<TrackTimeline>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrackTimeline {
+    /// The Ogg Opus file, relative to the recording directory.
+    pub file: String,
+    pub participant_id: String,
+    pub user: String,
+    pub name: String,
+    /// The server's track id (as in `track_published`).
+    pub track_id: String,
+    pub ssrc: u32,
+    /// Arrival of the first recorded packet, ms since the Unix epoch.
+    pub first_arrival_unix_ms: f64,
+    pub first_rtp_timestamp: u32,
+    /// Where the file's first sample sits on the recording's clock, in 48 kHz samples after
+    /// `started_at`: the earliest arrival time of any packet minus its position in the file
+    /// (the packet that waited least in the network tells the truth).
+    pub start_offset_samples: u64,
+    /// Samples (48 kHz, per channel) written so far, concealment and silence included.
+    pub samples: u64,
+    pub packets: u64,
+    /// Packets missing from the sequence, written as loss markers (decoders conceal them).
+    pub lost_packets: u64,
+    /// Packets that came after a later one and were left out.
+    pub late_packets: u64,
+    /// Packets dropped before the writer (its queue was full).
+    pub dropped_packets: u64,
+    /// Silences the sender left (mute, pause), written as silent Opus frames.
+    pub gaps: Vec<Gap>,
+    /// Arrival clock against the RTP clock, every few seconds: `(unix ms, rtp timestamp,
+    /// sample position in the file)`. Lets a later tool re-derive drift.
+    pub sync: Vec<SyncPoint>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Gap {
+    /// Sample position in the file where the silence starts.
+    pub at_sample: u64,
+    pub samples: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct SyncPoint {
+    pub unix_ms: f64,
+    pub rtp_timestamp: u32,
+    pub sample: u64,
+}
+
+impl Timeline {
+    pub fn load(dir: &Path) -> std::io::Result<Timeline> {
+        let text = std::fs::read(dir.join(TIMELINE_FILE))?;
+        serde_json::from_slice(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// Writes `timeline.json` through a temporary file and a rename: a reader (or a crash)
+    /// never sees half a file.
+    pub fn store(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!("{TIMELINE_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(tmp, dir.join(TIMELINE_FILE))
+    }
+
+    /// Length of the recording in samples when it was stopped, if it was.
+    pub fn stopped_len_samples(&self) -> Option<u64> {
+        self.stopped_at_unix_ms.map(|stop| ms_to_samples(stop - self.started_at_unix_ms))
+    }
+}
+
+pub fn ms_to_samples(ms: f64) -> u64 {
+    (ms.max(0.0) * 48.0).round() as u64
+}
