@@ -32,6 +32,8 @@ pub struct Config {
     /// last participant to leave before exiting. Default: 10 min.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Signed event notifications POSTed to the Veza API (`src/webhook.rs`). Default: none.
+    pub webhooks: crate::webhook::WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +152,7 @@ impl Default for Config {
             ice_servers: Vec::new(),
             turn: crate::turn::TurnConfig::default(),
             drain_timeout: Duration::from_secs(600),
+            webhooks: crate::webhook::WebhooksConfig::default(),
         }
     }
 }
@@ -216,8 +219,19 @@ impl Default for ChatConfig {
 }
 
 /// Top-level keys of [`Config`], as environment variables name them.
-const SECTIONS: &[&str] =
-    &["dev", "data_dir", "http", "media", "auth", "sessions", "chat", "ice_servers", "turn", "drain_timeout"];
+const SECTIONS: &[&str] = &[
+    "dev",
+    "data_dir",
+    "http",
+    "media",
+    "auth",
+    "sessions",
+    "chat",
+    "ice_servers",
+    "turn",
+    "drain_timeout",
+    "webhooks",
+];
 
 impl Config {
     /// The defaults for dev mode: loopback only.

@@ -14,12 +14,14 @@ pub mod drain;
 pub mod export;
 pub mod http;
 pub mod media;
+pub mod openapi;
 pub mod record;
 pub mod server;
 pub mod session;
 pub mod sim;
 pub mod telemetry;
 pub mod turn;
+pub mod webhook;
 
 pub use config::Config;
 pub use server::Server;

@@ -35,6 +35,10 @@ impl Server {
         crate::telemetry::install();
         let verifier = Arc::new(Verifier::from_config(&config.auth)?);
         let media = Arc::new(MediaEngine::start(&config).context("starting media workers")?);
+        let webhooks = crate::webhook::Webhooks::start(&config.webhooks).context("starting webhooks")?;
+        media.attach_webhooks(&webhooks).await;
+        let exports = Arc::new(crate::export::jobs::Exports::default());
+        let _ = exports.webhooks.set(webhooks.clone());
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("binding HTTP listener {}", config.http.listen))?;
@@ -49,7 +53,8 @@ impl Server {
             ready: ready.clone(),
             drain: drain.clone(),
             recordings: Arc::new(crate::record::Recordings::new(&config.data_dir)),
-            exports: Arc::default(),
+            exports,
+            webhooks,
         };
         let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,13 +1,14 @@
-//! The load generator must never rot: a tiny run completes and delivers every packet.
-//! (Only that: performance figures come from real runs, never from assertions in tests.)
+//! The load generator must never rot: a tiny run completes and delivers every packet, with the
+//! full webrtc-rs clients and with the lean ones. (Only that: performance figures come from
+//! real runs, never from assertions in tests.)
 
 use std::process::Command;
 
-#[test]
-fn tiny_bench_run_completes_with_full_delivery() {
+fn tiny_run(extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_veza-sfu"))
         .args(["bench", "--publishers", "2", "--subscribers", "1", "--rate", "50", "--seconds", "2"])
         .args(["--warmup", "1", "--json", "--no-pin"])
+        .args(extra)
         .output()
         .expect("bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -16,4 +17,15 @@ fn tiny_bench_run_completes_with_full_delivery() {
     assert_eq!(report["delivery_ratio"], 1.0, "{report}");
     assert!(report["forwarded_packets"].as_u64().unwrap() > 0, "{report}");
     assert!(report["cpu_us_per_forwarded_packet"].as_f64().unwrap() > 0.0, "{report}");
+    report
+}
+
+#[test]
+fn tiny_bench_run_completes_with_full_delivery() {
+    tiny_run(&[]);
+}
+
+#[test]
+fn tiny_lean_bench_run_completes_with_full_delivery() {
+    tiny_run(&["--lean"]);
 }

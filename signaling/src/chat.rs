@@ -7,6 +7,7 @@ use crate::protocol::ErrorCode;
 /// What a client sends on its chat channel. Any other field (a claimed sender, id or time) is
 /// ignored: the server stamps those itself.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChatIn {
     Chat { text: String },
@@ -14,6 +15,7 @@ pub enum ChatIn {
 
 /// Who sent a chat message, as stamped by the server.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 pub struct ChatSender {
     pub id: String,
     pub name: String,
@@ -21,14 +23,17 @@ pub struct ChatSender {
 
 /// What the server relays on every participant's chat channel (and replays in `joined`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChatOut {
     Chat {
         /// Increases by one per message within a session: the order everyone sees.
+        #[cfg_attr(feature = "typescript", ts(type = "number"))]
         id: u64,
         from: ChatSender,
         text: String,
         /// Server time, milliseconds since the Unix epoch.
+        #[cfg_attr(feature = "typescript", ts(type = "number"))]
         ts: u64,
     },
     Error {

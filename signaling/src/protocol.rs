@@ -12,6 +12,7 @@ pub const CHAT_LABEL: &str = "chat";
 
 /// Which of a participant's two peer connections a message is about.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum PcTarget {
     /// The connection the client offers: its own audio and the chat channel.
@@ -22,19 +23,25 @@ pub enum PcTarget {
 
 /// An ICE candidate as the browser's `RTCIceCandidate.toJSON()` gives it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct IceCandidate {
     pub candidate: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", ts(optional))]
     pub sdp_mid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "sdpMLineIndex")]
+    #[cfg_attr(feature = "typescript", ts(optional))]
     pub sdp_mline_index: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", ts(optional))]
     pub username_fragment: Option<String>,
 }
 
 /// What a participant may do in a session. Absent grants in a token default to `true`.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grants {
     #[serde(default = "yes")]
     pub publish: bool,
@@ -49,6 +56,7 @@ pub struct Grants {
     /// A service token of the Veza API (no `session` claim): the REST API on every session.
     /// Never valid for joining. Default: false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[cfg_attr(feature = "typescript", ts(skip))]
     pub admin: bool,
 }
 
@@ -64,6 +72,8 @@ impl Default for Grants {
 
 /// A published audio track, as others see it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrackInfo {
     /// Server-assigned id; also the MediaStreamTrack id in the subscriber connection's SDP.
     pub id: String,
@@ -73,6 +83,8 @@ pub struct TrackInfo {
 
 /// A participant, as others see them.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParticipantInfo {
     /// Server-assigned id; also the MediaStream id (msid) of their tracks in subscriber SDP.
     pub id: String,
@@ -84,16 +96,20 @@ pub struct ParticipantInfo {
 
 /// An ICE server entry, shaped like the browser's `RTCIceServer`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 pub struct IceServer {
     pub urls: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", ts(optional))]
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "typescript", ts(optional))]
     pub credential: Option<String>,
 }
 
 /// The audio profile the server negotiates: music, not voice.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 pub struct CodecProfile {
     pub mime_type: String,
     pub clock_rate: u32,
@@ -107,6 +123,7 @@ pub struct CodecProfile {
 
 /// The first message on a signaling socket.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 pub struct Joined {
     pub protocol_version: u32,
     pub session_id: String,
@@ -122,6 +139,7 @@ pub struct Joined {
 
 /// Why a participant left.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum LeaveReason {
     /// They sent `leave`.
@@ -132,10 +150,16 @@ pub enum LeaveReason {
     MediaFailed,
     /// They could not keep up with signaling messages.
     TooSlow,
+    /// The Veza API removed them (`POST /v1/sessions/{id}/participants/{pid}/kick`).
+    Kicked,
+    /// The session was ended (`DELETE /v1/sessions/{id}`).
+    SessionEnded,
 }
 
 /// Stable, machine-readable error codes, on the wire as snake_case strings.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     // Authentication (HTTP 401 before the upgrade).
@@ -178,12 +202,16 @@ pub enum ErrorCode {
     ExportNotFound,
     InvalidRequest,
     Forbidden,
+    // Session management (REST).
+    ParticipantNotFound,
+    SessionExists,
     // Anything else.
     Internal,
 }
 
 /// Messages a client sends.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// An offer for the publisher connection (first one or a renegotiation). Answered by `answer`.
@@ -197,6 +225,7 @@ pub enum ClientMessage {
     /// Application-level keepalive; answered by `pong` with the same `ts`.
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "typescript", ts(optional))]
         ts: Option<f64>,
     },
     /// I am leaving; the server closes the socket after this.
@@ -249,6 +278,7 @@ impl ClientMessage {
 
 /// Messages the server sends.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Joined(Box<Joined>),
@@ -282,6 +312,7 @@ pub enum ServerMessage {
     },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "typescript", ts(optional))]
         ts: Option<f64>,
     },
     Error {
@@ -292,6 +323,7 @@ pub enum ServerMessage {
     /// (the API sends the new join to another node). The server closes remaining connections
     /// `reconnect_within_ms` after this message. Sent once; joins are refused from then on.
     Draining {
+        #[cfg_attr(feature = "typescript", ts(type = "number"))]
         reconnect_within_ms: u64,
         message: String,
     },
@@ -301,6 +333,15 @@ pub enum ServerMessage {
     },
     RecordingStopped {
         recording_id: String,
+    },
+    /// The Veza API ended the session: the server closes the socket right after this.
+    SessionEnded {
+        reason: String,
+    },
+    /// The Veza API changed your grants. Promoted to `publish`: you may now offer audio on
+    /// the publisher connection. Demoted: your tracks are unpublished (stop sending).
+    GrantsChanged {
+        grants: Grants,
     },
 }
 
@@ -318,6 +359,8 @@ impl ServerMessage {
 
 /// The JSON body of an HTTP error (e.g. the 401 before a WebSocket upgrade).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HttpError {
     pub code: ErrorCode,
     pub message: String,

@@ -6,6 +6,7 @@
 //! server-side forwarding latency, join-to-first-audio and memory per participant.
 
 mod child;
+mod lean;
 mod prom;
 mod report;
 
@@ -17,6 +18,7 @@ use clap::Args;
 use crate::sim::stats::percentile;
 use crate::sim::{SimOptions, SimParticipant};
 pub use child::pin_self_to_cpu;
+use lean::LeanMusician;
 pub use report::Report;
 
 /// The load shape.
@@ -56,6 +58,10 @@ pub struct BenchArgs {
     /// Do not pin the server and the generator to separate CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// Lean simulated musicians (sans-I/O `rtc`, received media counted from RTP headers)
+    /// instead of full webrtc-rs clients: for loads one core of full clients cannot carry.
+    #[arg(long)]
+    pub lean: bool,
 }
 
 impl Shape {
@@ -81,39 +87,57 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let server = child::Server::start(per_session, pin).await?;
     let rss_idle = server.rss_bytes()?;
 
-    let opts = SimOptions {
-        publish: true,
-        packet_interval: Duration::from_micros(1_000_000 / u64::from(shape.rate)),
-        payload_len: shape.payload,
-        ..SimOptions::default()
-    };
-    let mut sims = Vec::new();
+    let interval = Duration::from_micros(1_000_000 / u64::from(shape.rate));
+    let opts =
+        SimOptions { publish: true, packet_interval: interval, payload_len: shape.payload, ..SimOptions::default() };
+    let mut crowd = Crowd::default();
     let mut join_to_first = Vec::new();
     for s in 0..shape.sessions {
         let session = format!("bench-{s}");
-        let mut first_publisher: Option<String> = None;
+        let mut someone_publishes = false;
         for p in 0..per_session {
             let publishes = p < shape.publishers;
             let token = server.token(&session, &format!("m{s}-{p}"), publishes)?;
             let started = Instant::now();
-            let sim = SimParticipant::join(&server.ws_url, &token, SimOptions { publish: publishes, ..opts.clone() })
-                .await
-                .with_context(|| format!("joining participant {p} of {session}"))?;
+            let context = || format!("joining participant {p} of {session}");
             // Time from connect to the first audio heard, for everyone joining a jam in progress.
-            if let Some(source) = &first_publisher {
-                sim.wait_for_packets(source, 1, Duration::from_secs(10)).await?;
-                if let Some(at) = sim.received_from(source).and_then(|st| st.first_packet_at) {
-                    join_to_first.push((at - started).as_micros() as u64);
+            let first = if args.lean {
+                let m = LeanMusician::join(&server.ws_url, &token, publishes, interval, shape.payload)
+                    .await
+                    .with_context(context)?;
+                let first = if someone_publishes { Some(m.first_packet(JOIN_WAIT).await?) } else { None };
+                if publishes {
+                    m.start_publishing();
                 }
+                crowd.lean.push(m);
+                first
+            } else {
+                let sim =
+                    SimParticipant::join(&server.ws_url, &token, SimOptions { publish: publishes, ..opts.clone() })
+                        .await
+                        .with_context(context)?;
+                let first = match (&crowd.first_publisher, someone_publishes) {
+                    (Some(source), true) => {
+                        sim.wait_for_packets(source, 1, JOIN_WAIT).await?;
+                        sim.received_from(source).and_then(|st| st.first_packet_at)
+                    }
+                    _ => None,
+                };
+                if publishes {
+                    sim.start_publishing();
+                    crowd.first_publisher.get_or_insert_with(|| sim.id().to_owned());
+                }
+                crowd.full.push(sim);
+                first
+            };
+            if let Some(at) = first {
+                join_to_first.push((at - started).as_micros() as u64);
             }
-            if publishes {
-                sim.start_publishing();
-                first_publisher.get_or_insert_with(|| sim.id().to_owned());
-            }
-            sims.push(sim);
+            someone_publishes |= publishes;
         }
+        crowd.first_publisher = None;
     }
-    let participants = sims.len();
+    let participants = crowd.len();
     let rss_loaded = server.rss_bytes()?;
 
     tokio::time::sleep(Duration::from_secs(shape.warmup)).await;
@@ -121,22 +145,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(shape.seconds)).await;
     let after = server.sample().await?;
 
-    for sim in &sims {
-        sim.stop_publishing();
-    }
+    crowd.stop_publishing();
     // Let the last packets land before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let mut expected = 0u64;
-    let mut delivered = 0u64;
-    let mut e2e = Vec::new();
-    for sim in &sims {
-        for stats in sim.received().into_values() {
-            expected += stats.expected();
-            delivered += stats.good_packets();
-            e2e.extend_from_slice(&stats.latency_us);
-        }
-    }
+    let (expected, delivered, mut e2e) = crowd.reception();
     e2e.sort_unstable();
     join_to_first.sort_unstable();
     let window = after.at.duration_since(before.at).as_secs_f64();
@@ -169,9 +182,57 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         },
         server_rss_bytes_per_participant: rss_loaded.saturating_sub(rss_idle) / participants.max(1) as u64,
     };
-    for sim in sims {
-        sim.close().await;
-    }
+    crowd.close().await;
     server.stop().await;
     Ok(report)
+}
+
+/// How long one join may take to hear its first audio before the run is abandoned.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+
+/// The simulated musicians of a run: full webrtc-rs clients or lean ones.
+#[derive(Default)]
+struct Crowd {
+    full: Vec<SimParticipant>,
+    lean: Vec<LeanMusician>,
+    /// The first publisher of the session being joined (full clients wait for its audio).
+    first_publisher: Option<String>,
+}
+
+impl Crowd {
+    fn len(&self) -> usize {
+        self.full.len() + self.lean.len()
+    }
+
+    fn stop_publishing(&self) {
+        self.full.iter().for_each(SimParticipant::stop_publishing);
+        self.lean.iter().for_each(LeanMusician::stop_publishing);
+    }
+
+    /// Packets expected and delivered intact over every stream, and latency samples (µs).
+    fn reception(&self) -> (u64, u64, Vec<u64>) {
+        let (mut expected, mut delivered, mut latency) = (0, 0, Vec::new());
+        for sim in &self.full {
+            for stats in sim.received().into_values() {
+                expected += stats.expected();
+                delivered += stats.good_packets();
+                latency.extend_from_slice(&stats.latency_us);
+            }
+        }
+        for m in &self.lean {
+            for r in m.reception() {
+                expected += r.expected();
+                delivered += r.packets;
+                latency.extend_from_slice(&r.latency_us);
+            }
+        }
+        (expected, delivered, latency)
+    }
+
+    async fn close(self) {
+        for sim in self.full {
+            sim.close().await;
+        }
+        drop(self.lean);
+    }
 }

@@ -71,6 +71,8 @@ pub struct Exports {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     /// Held by the running job: exports use every core, so they run one at a time.
     running: Arc<Mutex<()>>,
+    /// Where `export_finished` goes (set once at start-up; src/webhook.rs).
+    pub webhooks: std::sync::OnceLock<crate::webhook::Webhooks>,
 }
 
 impl Exports {
@@ -96,9 +98,17 @@ impl Exports {
         lock(&self.jobs).insert(id.clone(), job.clone());
         let running = self.running.clone();
         let worker = job.clone();
+        let webhooks = self.webhooks.get().cloned().unwrap_or_default();
         let spawned = std::thread::Builder::new().name(format!("veza-{id}")).spawn(move || {
             let _turn = lock(&running);
             run(&worker, &dir, &options);
+            let v = worker.view();
+            webhooks.emit(crate::webhook::Event {
+                recording_id: Some(v.recording_id.clone()),
+                export_id: Some(v.id.clone()),
+                detail: serde_json::to_value(&v).ok(),
+                ..crate::webhook::Event::new(crate::webhook::EventKind::ExportFinished, &v.session)
+            });
         });
         if let Err(e) = spawned {
             let mut v = lock(&job.view);

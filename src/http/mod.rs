@@ -1,6 +1,7 @@
 //! The HTTP surface: signaling WebSocket, health probes and the reference web client.
 
-mod rest;
+pub(crate) mod rest;
+pub(crate) mod sessions;
 mod ws;
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub recordings: Arc<crate::record::Recordings>,
     /// Export jobs (src/export).
     pub exports: Arc<crate::export::jobs::Exports>,
+    /// Signed event notifications to the Veza API (src/webhook.rs).
+    pub webhooks: crate::webhook::Webhooks,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -39,6 +42,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws::handler))
         .merge(rest::routes())
+        .merge(sessions::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -14,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use veza_signaling::ErrorCode;
+#[allow(unused_imports)] // named by the OpenAPI annotations
+use veza_signaling::HttpError;
 
 use super::{AppState, error_response};
 use crate::auth::RestCaller;
@@ -115,7 +117,10 @@ struct RecordingList {
     recordings: Vec<RecordingInfo>,
 }
 
-async fn start(
+#[utoipa::path(post, path = "/v1/sessions/{session}/recordings", operation_id = "start_recording", tag = "recordings", params(("session" = String, Path)),
+    responses((status = 201, description = "recording started", body = serde_json::Value), (status = 401, body = HttpError), (status = 403, body = HttpError), (status = 404, body = HttpError),
+        (status = 409, body = HttpError)))]
+pub(crate) async fn start(
     State(state): State<AppState>,
     Path(session): Path<String>,
     Query(q): Query<TokenQuery>,
@@ -131,7 +136,9 @@ async fn start(
     }
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/sessions/{session}/recordings", operation_id = "list_recordings", tag = "recordings", params(("session" = String, Path)),
+    responses((status = 200, description = "{recordings: [...]}", body = serde_json::Value), (status = 401, body = HttpError), (status = 403, body = HttpError), (status = 404, body = HttpError)))]
+pub(crate) async fn list(
     State(state): State<AppState>,
     Path(session): Path<String>,
     Query(q): Query<TokenQuery>,
@@ -143,7 +150,10 @@ async fn list(
     Json(RecordingList { recordings: state.recordings.list(&session) }).into_response()
 }
 
-async fn info(
+#[utoipa::path(get, path = "/v1/sessions/{session}/recordings/{rid}", operation_id = "get_recording", tag = "recordings",
+    params(("session" = String, Path), ("rid" = String, Path)),
+    responses((status = 200, description = "one recording", body = serde_json::Value), (status = 401, body = HttpError), (status = 403, body = HttpError), (status = 404, body = HttpError)))]
+pub(crate) async fn info(
     State(state): State<AppState>,
     Path((session, rid)): Path<(String, String)>,
     Query(q): Query<TokenQuery>,
@@ -158,7 +168,10 @@ async fn info(
     }
 }
 
-async fn stop(
+#[utoipa::path(post, path = "/v1/sessions/{session}/recordings/{rid}/stop", operation_id = "stop_recording", tag = "recordings",
+    params(("session" = String, Path), ("rid" = String, Path)),
+    responses((status = 200, description = "stopped; the files are final", body = serde_json::Value), (status = 401, body = HttpError), (status = 403, body = HttpError), (status = 404, body = HttpError)))]
+pub(crate) async fn stop(
     State(state): State<AppState>,
     Path((session, rid)): Path<(String, String)>,
     Query(q): Query<TokenQuery>,
@@ -190,7 +203,12 @@ fn job_response(session: &str, rid: &str, job: JobView) -> JobResponse {
     JobResponse { job, urls }
 }
 
-async fn export(
+#[utoipa::path(post, path = "/v1/sessions/{session}/recordings/{rid}/exports", operation_id = "create_export", tag = "recordings",
+    params(("session" = String, Path), ("rid" = String, Path)),
+    request_body(content = serde_json::Value, description = "{format: flac|wav|ogg, layout: stems|mix, bit_depth: 16|24}"),
+    responses((status = 202, description = "the export job", body = serde_json::Value), (status = 400, body = HttpError), (status = 401, body = HttpError), (status = 403, body = HttpError), (status = 404, body = HttpError),
+        (status = 409, body = HttpError)))]
+pub(crate) async fn export(
     State(state): State<AppState>,
     Path((session, rid)): Path<(String, String)>,
     Query(q): Query<TokenQuery>,
@@ -237,7 +255,10 @@ async fn export(
     response
 }
 
-async fn export_status(
+#[utoipa::path(get, path = "/v1/sessions/{session}/recordings/{rid}/exports/{eid}", operation_id = "get_export", tag = "recordings",
+    params(("session" = String, Path), ("rid" = String, Path), ("eid" = String, Path)),
+    responses((status = 200, description = "the export job", body = serde_json::Value), (status = 401, body = HttpError), (status = 403, body = HttpError), (status = 404, body = HttpError)))]
+pub(crate) async fn export_status(
     State(state): State<AppState>,
     Path((session, rid, eid)): Path<(String, String, String)>,
     Query(q): Query<TokenQuery>,
@@ -256,7 +277,10 @@ async fn export_status(
     }
 }
 
-async fn download(
+#[utoipa::path(get, path = "/v1/sessions/{session}/recordings/{rid}/exports/{eid}/files/{name}", operation_id = "download_export_file", tag = "recordings",
+    params(("session" = String, Path), ("rid" = String, Path), ("eid" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "the file (audio/flac, audio/wav or audio/ogg)"), (status = 401, body = HttpError), (status = 403, body = HttpError), (status = 404, body = HttpError)))]
+pub(crate) async fn download(
     State(state): State<AppState>,
     Path((session, rid, eid, name)): Path<(String, String, String, String)>,
     Query(q): Query<TokenQuery>,

@@ -3,6 +3,7 @@
 //! A session lives on exactly one worker, so forwarding inside a session never crosses
 //! threads. Signaling tasks talk to a worker through its command queue.
 
+pub mod admin;
 pub mod conn;
 pub mod demux;
 pub mod forward;
@@ -44,6 +45,8 @@ pub enum Command {
         recording: String,
         reply: oneshot::Sender<bool>,
     },
+    /// Session management by the Veza API (REST, src/http/sessions.rs).
+    Admin(admin::AdminCommand),
 }
 
 /// A cheap, clonable way to reach one worker.

@@ -34,6 +34,10 @@ use crate::media::peer::PeerFactory;
 use crate::media::sdp;
 use crate::record::tap::TrackIdentity;
 use crate::record::{RecordError, RecordingSink, SessionRecording};
+use crate::webhook::{Event, EventKind};
+
+mod admin;
+pub use admin::{AdminError, NewSession, ParticipantView, SessionView};
 
 /// A participant asking to join, from a signaling socket whose token was verified.
 pub struct JoinRequest {
@@ -93,6 +97,8 @@ struct Session {
     chat: ChatRoom,
     /// Set while the session is recorded (src/record).
     recording: Option<SessionRecording>,
+    /// What the Veza API set when it created the session (defaults when auto-created).
+    settings: admin::SessionSettings,
 }
 
 /// Chat bytes a participant's channel may have unacknowledged before we skip it.
@@ -116,6 +122,8 @@ pub struct Host {
     chat_refused: u64,
     /// RTP bytes, NACKs, RTT and jitter, sampled per connection on its timer (src/conn_stats.rs).
     conn_stats: crate::conn_stats::ConnStats,
+    /// Where session, participant, track and recording events go (src/webhook.rs).
+    webhooks: crate::webhook::Webhooks,
 }
 
 impl Host {
@@ -136,6 +144,7 @@ impl Host {
             chat_relayed: 0,
             chat_refused: 0,
             conn_stats: Default::default(),
+            webhooks: Default::default(),
         }
     }
 
@@ -217,16 +226,18 @@ impl Host {
                 message: format!("session {:?} does not exist", ident.session),
             });
         }
-        let history = self.config.chat.history;
-        let session = self.sessions.entry(ident.session.clone()).or_insert_with(|| Session {
-            members: Vec::new(),
-            chat: ChatRoom::new(history),
-            recording: None,
-        });
-        if session.members.len() >= self.config.sessions.max_participants {
+        if !self.sessions.contains_key(&ident.session) {
+            self.create_session(&ident.session, admin::SessionSettings::default());
+        }
+        let default_max = self.config.sessions.max_participants;
+        let Some(session) = self.sessions.get_mut(&ident.session) else {
+            return Err(JoinError { code: ErrorCode::Internal, message: "session vanished".into() });
+        };
+        let max = session.settings.max_participants.unwrap_or(default_max);
+        if session.members.len() >= max {
             return Err(JoinError {
                 code: ErrorCode::SessionFull,
-                message: format!("session is full ({} participants)", self.config.sessions.max_participants),
+                message: format!("session is full ({max} participants)"),
             });
         }
         let chat_history = if ident.grants.chat { session.chat.history() } else { Vec::new() };
@@ -243,6 +254,10 @@ impl Host {
             tracks: Vec::new(),
             track_counter: 0,
             muted: false,
+            admin_muted: false,
+            joined_at_ms: unix_ms(),
+            rtp_packets: 0,
+            rtp_bytes: 0,
             chat: None,
             chat_backlog: Default::default(),
             chat_limiter: RateLimiter::new(self.config.chat.rate_per_second, self.config.chat.burst, now),
@@ -276,6 +291,10 @@ impl Host {
             self.send(key, ServerMessage::RecordingStarted { recording_id });
         }
         let announce = ServerMessage::ParticipantJoined { participant: self.participants[key].info() };
+        self.webhooks.emit(Event {
+            participant: Some(self.participants[key].info()),
+            ..Event::new(EventKind::ParticipantJoined, &self.participants[key].session)
+        });
         for o in &others {
             self.send(*o, announce.clone());
         }
@@ -380,8 +399,16 @@ impl Host {
             let Some(TaggedRTCMessage { message, .. }) = conn.pc.poll_read() else { break };
             match message {
                 RTCMessage::RtpPacket(track_id, packet) => {
-                    if let Some(tap) = self.participants.get(conn.participant).and_then(|p| p.recording.as_ref()) {
-                        tap.offer(&track_id, &packet, now); // never blocks: a full queue drops and counts
+                    if let Some(p) = self.participants.get_mut(conn.participant) {
+                        p.rtp_packets += 1;
+                        p.rtp_bytes += packet.payload.len() as u64;
+                        // Muted by the Veza API: nobody hears it, the recording included.
+                        if p.admin_muted {
+                            continue;
+                        }
+                        if let Some(tap) = p.recording.as_ref() {
+                            tap.offer(&track_id, &packet, now); // never blocks: a full queue drops and counts
+                        }
                     }
                     self.router.forward(&mut self.conns, key, &track_id, packet, now);
                 }
@@ -543,6 +570,11 @@ impl Host {
             let who = TrackIdentity { participant_id: &p.id, user: &p.user, name: &p.name, track_id: &info.id };
             rec.add_track(tap, &remote_id, who);
         }
+        self.webhooks.emit(Event {
+            participant_id: Some(p.id.clone()),
+            track: Some(info.clone()),
+            ..Event::new(EventKind::TrackPublished, &p.session)
+        });
         let announce = ServerMessage::TrackPublished { participant_id: p.id.clone(), track: info };
         info!(participant = %p.id, track = %remote_id, "track published");
         for other in self.others(key) {
@@ -557,6 +589,11 @@ impl Host {
         let Some(p) = self.participants.get_mut(key) else { return };
         let Some(pos) = p.tracks.iter().position(|t| t.remote_id == remote_id) else { return };
         let track = p.tracks.remove(pos);
+        self.webhooks.emit(Event {
+            participant_id: Some(p.id.clone()),
+            track: Some(track.info.clone()),
+            ..Event::new(EventKind::TrackUnpublished, &p.session)
+        });
         let announce = ServerMessage::TrackUnpublished { participant_id: p.id.clone(), track_id: track.info.id };
         if let Some(src) = p.publisher {
             let legs = self.router.remove_track(src, remote_id);
@@ -691,6 +728,8 @@ impl Host {
             p.recording = Some(tap);
         }
         let announce = ServerMessage::RecordingStarted { recording_id: rec.id.clone() };
+        self.webhooks
+            .emit(Event { recording_id: Some(rec.id.clone()), ..Event::new(EventKind::RecordingStarted, session) });
         s.recording = Some(rec);
         for m in self.members_of(session) {
             self.send(m, announce.clone());
@@ -705,6 +744,8 @@ impl Host {
             return false;
         }
         s.recording = None;
+        self.webhooks
+            .emit(Event { recording_id: Some(id.to_owned()), ..Event::new(EventKind::RecordingFinished, session) });
         let members = s.members.clone();
         for &m in &members {
             if let Some(p) = self.participants.get_mut(m) {
@@ -738,11 +779,23 @@ impl Host {
             }
             self.demux.forget(conn);
         }
+        for t in &p.tracks {
+            self.webhooks.emit(Event {
+                participant_id: Some(p.id.clone()),
+                track: Some(t.info.clone()),
+                ..Event::new(EventKind::TrackUnpublished, &p.session)
+            });
+        }
+        self.webhooks.emit(Event {
+            participant: Some(p.info()),
+            reason: Some(admin::leave_reason_name(reason)),
+            ..Event::new(EventKind::ParticipantLeft, &p.session)
+        });
         if let Some(session) = self.sessions.get_mut(&p.session) {
             session.members.retain(|m| *m != key);
-            if session.members.is_empty() {
-                self.sessions.remove(&p.session);
-                info!(session = %p.session, "session ended: last participant left");
+            // A session the Veza API created lasts until it ends it.
+            if session.members.is_empty() && !session.settings.persistent {
+                self.end_session_state(&p.session, "last participant left");
             }
         }
         let gone = ServerMessage::ParticipantLeft { participant_id: p.id.clone(), reason };

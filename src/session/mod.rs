@@ -5,4 +5,4 @@
 mod host;
 mod participant;
 
-pub use host::{Host, HostStats, JoinError, JoinRequest};
+pub use host::{AdminError, Host, HostStats, JoinError, JoinRequest, NewSession, ParticipantView, SessionView};

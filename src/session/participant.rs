@@ -40,6 +40,13 @@ pub struct Participant {
     pub tracks: Vec<PublishedTrack>,
     pub track_counter: u32,
     pub muted: bool,
+    /// Muted by the Veza API: the worker forwards (and records) none of their packets.
+    pub admin_muted: bool,
+    /// Unix time in milliseconds of the join.
+    pub joined_at_ms: u64,
+    /// RTP packets and payload bytes received from them.
+    pub rtp_packets: u64,
+    pub rtp_bytes: u64,
     pub chat: Option<RTCDataChannelId>,
     /// Chat to deliver once the chat channel opens (bounded by the history size).
     pub chat_backlog: VecDeque<String>,

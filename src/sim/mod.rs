@@ -146,6 +146,8 @@ pub struct SimParticipant {
     subscriber_pc: Arc<PcSlot>,
     chat_dc: Option<Arc<dyn DataChannel>>,
     audio: Option<Audio>,
+    /// The server's answers to publisher offers, kept for renegotiations ([`publish_audio`](Self::publish_audio)).
+    answers: Option<mpsc::UnboundedReceiver<String>>,
     torn_down: bool,
 }
 
@@ -201,10 +203,14 @@ impl SimParticipant {
             subscriber_pc,
             chat_dc: None,
             audio: None,
+            answers: None,
             torn_down: false,
         };
         match sim.negotiate_publisher(&mut answers_rx, &relay).await {
-            Ok(()) => Ok(sim),
+            Ok(()) => {
+                sim.answers = Some(answers_rx);
+                Ok(sim)
+            }
             Err(e) => {
                 sim.teardown(true).await;
                 Err(e)
@@ -218,31 +224,64 @@ impl SimParticipant {
         answers: &mut mpsc::UnboundedReceiver<String>,
         relay: &[IceServer],
     ) -> anyhow::Result<()> {
-        let timeout = self.opts.io_timeout;
         let shared = self.shared.clone();
         let pc = peer::new_peer_connection(shared.clone(), PcTarget::Publisher, OPUS_FMTP, relay).await?;
         self.publisher_pc = Some(pc.clone());
 
         if self.opts.publish {
-            let ssrc = rand::random::<u32>().max(1);
-            let track = Arc::new(peer::opus_track(&shared.id, &format!("{}-audio", shared.id), ssrc));
-            pc.add_track(track.clone() as Arc<dyn TrackLocal>).await.context("adding the audio track")?;
-            self.audio = Some(Audio {
-                track,
-                ssrc,
-                counters: Arc::new(tokio::sync::Mutex::new(Counters {
-                    seq: 0,
-                    rtp_seq: rand::random(),
-                    rtp_ts: rand::random(),
-                    tone: self.opts.tone_hz.map(tone::Tone::new).transpose().context("creating the Opus encoder")?,
-                })),
-                task: Mutex::new(None),
-            });
+            self.add_audio_track(&pc).await?;
         }
         let dc = pc.create_data_channel(CHAT_LABEL, None).await.context("creating the chat channel")?;
         self.chat_dc = Some(dc.clone());
         shared.adopt(tokio::spawn(peer::consume_chat(shared.clone(), dc, true)));
+        self.offer_publisher(&pc, answers).await
+    }
 
+    /// Adds the Opus track this sim publishes to its publisher connection.
+    async fn add_audio_track(&mut self, pc: &Arc<dyn PeerConnection>) -> anyhow::Result<()> {
+        let id = self.shared.id.clone();
+        let ssrc = rand::random::<u32>().max(1);
+        let track = Arc::new(peer::opus_track(&id, &format!("{id}-audio"), ssrc));
+        pc.add_track(track.clone() as Arc<dyn TrackLocal>).await.context("adding the audio track")?;
+        self.audio = Some(Audio {
+            track,
+            ssrc,
+            counters: Arc::new(tokio::sync::Mutex::new(Counters {
+                seq: 0,
+                rtp_seq: rand::random(),
+                rtp_ts: rand::random(),
+                tone: self.opts.tone_hz.map(tone::Tone::new).transpose().context("creating the Opus encoder")?,
+            })),
+            task: Mutex::new(None),
+        });
+        Ok(())
+    }
+
+    /// A listener whose grants now allow publishing (`grants_changed`) adds its audio track
+    /// and renegotiates the publisher connection; then [`start_publishing`](Self::start_publishing)
+    /// works. A no-op for a sim that already has a track.
+    pub async fn publish_audio(&mut self) -> anyhow::Result<()> {
+        if self.audio.is_some() {
+            return Ok(());
+        }
+        let pc = self.publisher_pc.clone().context("no publisher connection")?;
+        let mut answers = self.answers.take().context("publisher negotiation not finished")?;
+        let result = match self.add_audio_track(&pc).await {
+            Ok(()) => self.offer_publisher(&pc, &mut answers).await,
+            Err(e) => Err(e),
+        };
+        self.answers = Some(answers);
+        result
+    }
+
+    /// Offers the publisher connection as it stands and applies the server's answer.
+    async fn offer_publisher(
+        &mut self,
+        pc: &Arc<dyn PeerConnection>,
+        answers: &mut mpsc::UnboundedReceiver<String>,
+    ) -> anyhow::Result<()> {
+        let timeout = self.opts.io_timeout;
+        let shared = self.shared.clone();
         let offer = pc.create_offer(None).await.context("creating the publisher offer")?;
         pc.set_local_description(offer).await.context("applying the publisher offer")?;
         within(timeout, || "publisher ICE gathering".to_owned(), shared.publisher.gathered()).await?;
