@@ -180,7 +180,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             user: "dev-user".into(),
             session: "dev-jam".into(),
             name: "Dev Musician".into(),
-            grants: Grants::default(),
+            // The dev musician may record too, so the Record button shows in the client.
+            grants: Grants { record: true, ..Grants::default() },
         };
         let token = mint(&server.config, &identity, Duration::from_secs(24 * 3600))?;
         println!("veza-sfu is running in dev mode.");

@@ -15,6 +15,9 @@ use crate::session::HostStats;
 pub const FORWARD_LATENCY: &str = "veza_forward_latency_seconds";
 pub const RTP_FORWARDED: &str = "veza_rtp_packets_forwarded_total";
 pub const RTP_RECEIVED: &str = "veza_rtp_packets_received_total";
+pub const RECORDING_BYTES: &str = "veza_recording_bytes_total";
+pub const EXPORT_JOBS: &str = "veza_export_jobs_total";
+pub const EXPORT_JOBS_RUNNING: &str = "veza_export_jobs_running";
 
 /// Bucket bounds of the forwarding latency histogram, in seconds (5 µs .. 10 ms).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -52,6 +55,9 @@ fn describe() {
     );
     metrics::describe_counter!(RTP_FORWARDED, "RTP packets written to subscriber connections");
     metrics::describe_counter!(RTP_RECEIVED, "RTP packets received from publishers");
+    metrics::describe_counter!(RECORDING_BYTES, metrics::Unit::Bytes, "Ogg Opus bytes written by live recordings");
+    metrics::describe_counter!(EXPORT_JOBS, "export jobs finished, by outcome (done, failed)");
+    metrics::describe_gauge!(EXPORT_JOBS_RUNNING, "export jobs running now");
     crate::conn_stats::describe();
 }
 

@@ -282,6 +282,17 @@ async fn three_tones_are_recorded_and_exported_as_aligned_stems_and_a_clean_mix(
             "mix at {hz} Hz: power {p} ({powers:?}, 330 Hz: {off_tone})"
         );
     }
+    // What was written and exported shows in /metrics.
+    let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    };
+    assert!(value("veza_recording_bytes_total") > 0.0, "{metrics}");
+    assert!(value("veza_export_jobs_total{outcome=\"done\"}") >= 2.0, "{metrics}");
     for sim in sims {
         sim.close().await;
     }

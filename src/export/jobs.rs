@@ -135,9 +135,14 @@ impl Exports {
 
 fn run(job: &Job, dir: &Path, options: &ExportOptions) {
     lock(&job.view).state = JobState::Running;
+    let running = metrics::gauge!(crate::telemetry::EXPORT_JOBS_RUNNING);
+    running.increment(1.0);
     let started = Instant::now();
     let progress = |p: f64| job.progress.store((p as f32).to_bits(), Ordering::Relaxed);
     let result = super::export(dir, &job.out, options, &progress);
+    running.decrement(1.0);
+    let outcome = if result.is_ok() { "done" } else { "failed" };
+    metrics::counter!(crate::telemetry::EXPORT_JOBS, "outcome" => outcome).increment(1);
     let mut v = lock(&job.view);
     v.elapsed_s = Some(started.elapsed().as_secs_f64());
     match result {

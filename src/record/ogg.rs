@@ -147,6 +147,7 @@ impl<W: Write> OggWriter<W> {
         page[22..26].copy_from_slice(&crc.to_le_bytes());
         self.out.write_all(&page)?;
         self.out.flush()?;
+        metrics::counter!(crate::telemetry::RECORDING_BYTES).increment(page.len() as u64);
         self.sequence += 1;
         self.started = true;
         self.segments.clear();
