@@ -116,8 +116,9 @@ export async function startServer() {
      * A fresh participant token for `session` (sessions are created on first join), signed
      * with the server's dev secret, or with `secret` to make one the server must refuse.
      */
-    async token({ session, user, name, secret }) {
+    async token({ session, user, name, secret, record }) {
       const args = ['token', '--dev', '--session', session, '--user', user, '--name', name ?? user];
+      if (record) args.push('--record');
       const tokenEnv = secret ? { ...env, VEZA_AUTH__SECRET: secret } : env;
       const { stdout } = await execFileP(bin, args, { cwd: REPO_ROOT, env: tokenEnv });
       return stdout.trim();
@@ -177,8 +178,8 @@ export async function newMusicianPage(browser, label, viewport = { width: 1280, 
 }
 
 /** Opens the reference client with a token in the URL (it joins by itself) and waits to be joined. */
-export async function joinAs(page, server, { session, user, name }) {
-  const token = await server.token({ session, user, name });
+export async function joinAs(page, server, { session, user, name, record }) {
+  const token = await server.token({ session, user, name, record });
   await page.goto(`${server.baseUrl}/?token=${encodeURIComponent(token)}`);
   await page.waitForFunction(() => window.veza?.state.joined === true, null, { timeout: BOUND_MS });
   return token;
