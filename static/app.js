@@ -154,6 +154,36 @@ function leave() {
   render();
 }
 
+/** The Veza API ended the session: the server closes the socket next; say why first. */
+function onSessionEnded(s, m) {
+  s.sessionEnded = true;
+  showStatus(`The session has ended (${m.reason}).`, 'error');
+  showError('The session has ended', `The organiser ended this session (${m.reason}).`);
+}
+
+/**
+ * The Veza API changed what we may do. Promoted to publish: add the microphone and offer again
+ * on the publisher connection. Demoted: stop sending (the server already unpublished us).
+ */
+async function onGrantsChanged(s, m) {
+  const could = state.grants?.publish !== false;
+  state.grants = m.grants;
+  const pc = pcs.publisher;
+  if (m.grants.publish && !could && pc && !state.publishing) {
+    await addMicrophone(s, pc);
+    if (s !== session || !state.publishing) return render();
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription({ type: 'offer', sdp: preferStereoOpus(offer.sdp) });
+    send(s, { type: 'offer', sdp: pc.localDescription.sdp });
+    showStatus('You may play now: your instrument is live.');
+  } else if (!m.grants.publish && could && s.localStream) {
+    s.localStream.getTracks().forEach((t) => t.stop());
+    state.publishing = false;
+    showStatus('You are now listening only.');
+  }
+  render();
+}
+
 function onSocketClose(s, ev) {
   const wasJoined = state.joined;
   teardown(s);
@@ -167,6 +197,8 @@ function onSocketClose(s, ev) {
       showStatus('Could not open the signaling connection; asking the server why…', 'error');
       explainRefusal(s.token);
     }
+  } else if (s.sessionEnded) {
+    state.phase = 'left';
   } else if (!s.leaving) {
     state.phase = 'error';
     const why = ev.reason ? `: ${ev.reason}` : '';
@@ -262,6 +294,8 @@ const signalHandlers = {
   pong: onPong,
   // The server is shutting down: nothing is cut yet; say so, so the band can finish the piece.
   draining: (s, m) => showStatus(`Server restarting: ${m.message}`, 'error'),
+  session_ended: onSessionEnded,
+  grants_changed: onGrantsChanged,
   error: (s, m) => {
     s.gotServerError = true;
     reportServerError(m.code, m.message);

@@ -116,11 +116,17 @@ export async function startServer() {
      * A fresh participant token for `session` (sessions are created on first join), signed
      * with the server's dev secret, or with `secret` to make one the server must refuse.
      */
-    async token({ session, user, name, secret, record }) {
+    async token({ session, user, name, secret, record, publish = true }) {
       const args = ['token', '--dev', '--session', session, '--user', user, '--name', name ?? user];
       if (record) args.push('--record');
+      if (!publish) args.push('--no-publish');
       const tokenEnv = secret ? { ...env, VEZA_AUTH__SECRET: secret } : env;
       const { stdout } = await execFileP(bin, args, { cwd: REPO_ROOT, env: tokenEnv });
+      return stdout.trim();
+    },
+    /** A service token for the REST API (what the Veza Go API holds). */
+    async adminToken() {
+      const { stdout } = await execFileP(bin, ['token', '--dev', '--admin'], { cwd: REPO_ROOT, env });
       return stdout.trim();
     },
     async stop() {
