@@ -53,9 +53,61 @@ pub fn with_ptime(sdp: &str, ptime_ms: u32) -> String {
     out
 }
 
+/// Puts our music profile into the Opus `a=fmtp` lines of an answer we produce: the WebRTC
+/// stack answers with the offerer's parameters, so without this a publisher would never learn
+/// that we want stereo, 128 kbit/s and no DTX. Our parameters win over the offer's.
+pub fn with_music_fmtp(sdp: &str, ours: &str) -> String {
+    let opus_pts: Vec<&str> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter_map(|rest| rest.split_once(' '))
+        .filter(|(_, codec)| codec.to_ascii_lowercase().starts_with("opus/48000"))
+        .map(|(pt, _)| pt)
+        .collect();
+    let mut out = String::with_capacity(sdp.len() + 128);
+    for line in sdp.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        let fmtp = trimmed.strip_prefix("a=fmtp:").and_then(|rest| rest.split_once(' '));
+        match fmtp {
+            Some((pt, theirs)) if opus_pts.contains(&pt) => {
+                out.push_str(&format!("a=fmtp:{pt} {}\r\n", merge_params(theirs, ours)));
+            }
+            _ => {
+                out.push_str(trimmed);
+                out.push_str("\r\n");
+            }
+        }
+    }
+    out
+}
+
+/// `a=1;b=2` merged with `b=3;c=4` gives `a=1;b=3;c=4`.
+fn merge_params(theirs: &str, ours: &str) -> String {
+    let mut params: Vec<(String, String)> = Vec::new();
+    for p in theirs.split(';').chain(ours.split(';')).map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        match params.iter_mut().find(|(key, _)| key.eq_ignore_ascii_case(k)) {
+            Some(existing) => existing.1 = v.to_owned(),
+            None => params.push((k.to_owned(), v.to_owned())),
+        }
+    }
+    params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn music_fmtp_overrides_the_offerers_opus_parameters_only() {
+        let answer = "v=0\r\nm=audio 9 RTP/SAVPF 111 9\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\na=rtpmap:9 G722/8000\r\na=fmtp:9 x=1\r\n";
+        let out = with_music_fmtp(answer, "stereo=1;usedtx=0;maxaveragebitrate=128000");
+        assert!(
+            out.contains("a=fmtp:111 minptime=10;useinbandfec=1;usedtx=0;stereo=1;maxaveragebitrate=128000\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("a=fmtp:9 x=1\r\n"));
+    }
 
     #[test]
     fn ptime_is_added_to_audio_sections_only() {

@@ -11,6 +11,7 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -412,6 +413,16 @@ impl Host {
                     }
                     self.router.forward(&mut self.conns, key, &track_id, packet, now);
                 }
+                // Only publisher connections deliver RTCP (their sender reports, see
+                // media::sender_reports); the recording notes the NTP/RTP pairs.
+                RTCMessage::RtcpPacket(track_id, packets) if conn.role == Role::Publisher => {
+                    let Some(tap) = self.participants.get(conn.participant).and_then(|p| p.recording.as_ref()) else {
+                        continue;
+                    };
+                    for sr in packets.iter().filter_map(|p| p.as_any().downcast_ref::<SenderReport>()) {
+                        tap.offer_sender_report(&track_id, sr.ssrc, sr.ntp_time, sr.rtp_time, now);
+                    }
+                }
                 RTCMessage::DataChannelMessage(channel, msg) => {
                     let owner = conn.participant;
                     if conn.role == Role::Publisher
@@ -513,7 +524,8 @@ impl Host {
         self.conns.touch(conn);
         match answer {
             Ok(Some(answer)) => {
-                let sdp = sdp::with_ptime(&answer.sdp, self.config.media.ptime_ms);
+                let sdp = sdp::with_music_fmtp(&answer.sdp, &self.factory.opus_fmtp);
+                let sdp = sdp::with_ptime(&sdp, self.config.media.ptime_ms);
                 self.send(key, ServerMessage::Answer { sdp });
             }
             Ok(None) => self.refuse(key, ErrorCode::NegotiationFailed, "no answer produced"),
