@@ -1,6 +1,7 @@
 // harness.js — starts a dev-mode veza-sfu, mints tokens with `veza-sfu token`, and drives
 // Debian's /usr/bin/chromium through playwright-core (never a downloaded browser).
 
+import { after, before } from 'node:test';
 import { spawn, execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -141,6 +142,23 @@ export async function startServer() {
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * For a `describe` block: starts a dev server and a browser before its tests and stops both
+ * after them. Returns an object whose `server` and `browser` are set once `before` has run.
+ */
+export function serverAndBrowser() {
+  const ctx = { server: null, browser: null };
+  before(async () => {
+    ctx.server = await startServer();
+    ctx.browser = await launchBrowser();
+  });
+  after(async () => {
+    await ctx.browser?.close().catch(() => {});
+    await ctx.server?.stop();
+  });
+  return ctx;
 }
 
 /** Chromium flags: fake mic, loopback ICE, and nothing that reaches out to the network. */

@@ -2,10 +2,10 @@
 // it: a listener promoted to musician over REST starts being heard; a session ended over REST
 // tells everyone why. Waits are conditions with an upper bound, never sleeps.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { checkPrerequisites, joinAs, launchBrowser, startServer, waitConnected, withPages } from '../lib/harness.js';
+import { checkPrerequisites, joinAs, serverAndBrowser, waitConnected, withPages } from '../lib/harness.js';
 import { trackIdsOf, waitHears } from '../lib/audio.js';
 
 const TEST_TIMEOUT = 90_000;
@@ -13,29 +13,19 @@ const TEST_TIMEOUT = 90_000;
 it('has Debian Chromium and a built veza-sfu', () => checkPrerequisites());
 
 describe('the Go API acting on a jam in the browser', () => {
-  let server;
-  let browser;
-
-  before(async () => {
-    server = await startServer();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close().catch(() => {});
-    await server?.stop();
-  });
+  const ctx = serverAndBrowser();
 
   async function api(method, path, body) {
-    const res = await fetch(`${server.baseUrl}${path}`, {
+    const res = await fetch(`${ctx.server.baseUrl}${path}`, {
       method,
-      headers: { Authorization: `Bearer ${await server.adminToken()}`, 'Content-Type': 'application/json' },
+      headers: { Authorization: `Bearer ${await ctx.server.adminToken()}`, 'Content-Type': 'application/json' },
       body: body ? JSON.stringify(body) : undefined,
     });
     return { status: res.status, body: await res.text() };
   }
 
   it('a promoted listener is heard, and an ended session says so', { timeout: TEST_TIMEOUT }, async () => {
+    const { server, browser } = ctx;
     await withPages(browser, server, ['Uma', 'Vic'], async (uma, vic) => {
       await joinAs(uma, server, { session: 'stage', user: 'uma', name: 'Uma' });
       // Vic joins as a listener: the token grants no publishing.

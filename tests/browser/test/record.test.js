@@ -2,10 +2,10 @@
 // client and downloads aligned FLAC stems; a musician without the grant sees no Record button.
 // Waits are conditions with an upper bound, never sleeps.
 
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { checkPrerequisites, eventually, joinAs, launchBrowser, startServer, waitConnected, withPages } from '../lib/harness.js';
+import { checkPrerequisites, eventually, joinAs, serverAndBrowser, waitConnected, withPages } from '../lib/harness.js';
 import { trackIdsOf, waitHears } from '../lib/audio.js';
 
 const TEST_TIMEOUT = 120_000;
@@ -13,20 +13,10 @@ const TEST_TIMEOUT = 120_000;
 it('has Debian Chromium and a built veza-sfu', () => checkPrerequisites());
 
 describe('recording from the reference client', () => {
-  let server;
-  let browser;
-
-  before(async () => {
-    server = await startServer();
-    browser = await launchBrowser();
-  });
-
-  after(async () => {
-    await browser?.close().catch(() => {});
-    await server?.stop();
-  });
+  const ctx = serverAndBrowser();
 
   it('records a jam and downloads one FLAC stem per musician', { timeout: TEST_TIMEOUT }, async () => {
+    const { server, browser } = ctx;
     await withPages(browser, server, ['Rita', 'Sam'], async (rita, sam) => {
       await joinAs(rita, server, { session: 'take', user: 'rita', name: 'Rita', record: true });
       await joinAs(sam, server, { session: 'take', user: 'sam', name: 'Sam' });
