@@ -227,6 +227,32 @@ async fn three_tones_are_recorded_and_exported_as_aligned_stems_and_a_clean_mix(
         assert_eq!(t["dropped_packets"], 0);
     }
 
+    // The publishers' RTCP sender reports are in the timeline, and their clocks agree with the
+    // track's: each report's RTP time is where the track's RTP clock stood at its NTP time
+    // (within a second and a half: ben's clock stood still while he was muted).
+    let now_ms = unix_ms(SystemTime::now());
+    for t in tracks {
+        let reports = t["sender_reports"].as_array().unwrap();
+        assert!(!reports.is_empty(), "no sender reports for {}: {t}", t["name"]);
+        let first_rtp = t["first_rtp_timestamp"].as_u64().unwrap() as u32;
+        let first_arrival = t["first_arrival_unix_ms"].as_f64().unwrap();
+        for r in reports {
+            let (ntp_ms, arrival_ms) = (r["ntp_unix_ms"].as_f64().unwrap(), r["arrival_unix_ms"].as_f64().unwrap());
+            let rtp = r["rtp"].as_u64().unwrap() as u32;
+            assert!(r["ntp"].as_u64().unwrap() > 0 && rtp != 0, "{r}");
+            assert!((ntp_ms - now_ms).abs() < 60_000.0, "NTP time {ntp_ms} is not now ({now_ms}): {r}");
+            assert!(arrival_ms >= zero - 1.0 && arrival_ms <= now_ms && (arrival_ms - ntp_ms).abs() < 1_000.0, "{r}");
+            let rtp_elapsed_ms = f64::from(rtp.wrapping_sub(first_rtp) as i32) / 48.0;
+            let wall_elapsed_ms = ntp_ms - first_arrival;
+            assert!(
+                (rtp_elapsed_ms - wall_elapsed_ms).abs() < 1_500.0,
+                "{}: sender report {r} puts the RTP clock {rtp_elapsed_ms:.0} ms after the first packet, \
+                 the wall clock {wall_elapsed_ms:.0} ms",
+                t["name"]
+            );
+        }
+    }
+
     let job = api.export("trio", &rid, json!({"format": "flac", "layout": "stems", "bit_depth": 24})).await;
     let out = data_dir.join("downloads");
     let stems = api.download(&job, &out.join("stems")).await;

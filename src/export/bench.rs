@@ -13,7 +13,7 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use super::{ExportOptions, Format, Layout, Plan, export};
-use crate::record::tap::{RecPacket, TrackMeta};
+use crate::record::tap::{RecItem, RecPacket, TrackMeta};
 use crate::record::timeline::Timeline;
 use crate::record::writer::{self, WriterSetup};
 
@@ -162,7 +162,7 @@ fn generate(dir: &Path, musicians: u32, seconds: f64) -> anyhow::Result<()> {
         started_instant,
     };
     let status = Arc::new(std::sync::Mutex::new(writer::initial_timeline(&setup)));
-    let (tx, rx) = std::sync::mpsc::sync_channel::<RecPacket>(4096);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<RecItem>(4096);
     let writer = std::thread::spawn({
         let status = status.clone();
         move || writer::run(setup, rx, status)
@@ -218,7 +218,7 @@ fn generate(dir: &Path, musicians: u32, seconds: f64) -> anyhow::Result<()> {
                         payload: Bytes::copy_from_slice(&out[..len]),
                         arrival: started_instant + Duration::from_millis(k * 10),
                     };
-                    tx.send(packet).map_err(|_| anyhow::anyhow!("writer gone"))?;
+                    tx.send(RecItem::Rtp(packet)).map_err(|_| anyhow::anyhow!("writer gone"))?;
                 }
                 Ok(())
             }));

@@ -9,6 +9,7 @@ pub mod demux;
 pub mod forward;
 pub mod peer;
 pub mod sdp;
+pub mod sender_reports;
 pub mod udp;
 mod worker;
 

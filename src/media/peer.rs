@@ -18,6 +18,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 
 use super::conn::Role;
+use super::sender_reports::DeliverSenderReports;
 use crate::config::MediaConfig;
 
 /// The payload type we offer Opus on.
@@ -85,9 +86,12 @@ impl PeerFactory {
         // Every interceptor copies each packet through its queue, so a connection gets only
         // the one its direction needs: receiver reports where we receive (the publisher learns
         // loss and RTT), sender reports where we send (receivers sync and recordings align).
-        // No NACK (not negotiated for audio), TWCC or simulcast.
+        // On publishers it also hands the sender reports to the application (recordings note
+        // their NTP/RTP pairs), wrapped rather than in a slot of its own to spare every packet
+        // one more queue. No NACK (not negotiated for audio), TWCC or simulcast.
         let registry = match role {
-            Role::Publisher => Registry::new().with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
+            Role::Publisher => Registry::new()
+                .with(Slot::ReceiverReport, DeliverSenderReports::new(ReceiverReportBuilder::new().build())),
             Role::Subscriber => Registry::new().with(Slot::SenderReport, SenderReportBuilder::new().build()),
         };
 

@@ -33,18 +33,37 @@ pub struct RecPacket {
     pub arrival: Instant,
 }
 
+/// An RTCP sender report of a recorded track on its way to the writer (about one a second per
+/// track): the sender's NTP wall clock against its RTP clock.
+pub struct RecSenderReport {
+    pub track: Arc<TrackMeta>,
+    /// The SSRC the report describes; the writer files it under the track with that SSRC.
+    pub ssrc: u32,
+    /// NTP timestamp, 32.32 fixed point seconds since 1900.
+    pub ntp_time: u64,
+    pub rtp_time: u32,
+    /// When the worker read it (the loop turn's clock).
+    pub arrival: Instant,
+}
+
+/// What goes down a recording's queue.
+pub enum RecItem {
+    Rtp(RecPacket),
+    SenderReport(RecSenderReport),
+}
+
 /// The sending end of a recording, created by [`super::Recordings`] and handed to the worker
 /// that hosts the session.
 #[derive(Clone)]
 pub struct RecordingSink {
     pub id: String,
-    pub(crate) tx: SyncSender<RecPacket>,
+    pub(crate) tx: SyncSender<RecItem>,
 }
 
 /// What a session being recorded holds on the worker.
 pub struct SessionRecording {
     pub id: String,
-    tx: SyncSender<RecPacket>,
+    tx: SyncSender<RecItem>,
     next_track: u32,
 }
 
@@ -87,7 +106,7 @@ pub struct TrackIdentity<'a> {
 /// Per participant: the recorded tracks of its publisher connection.
 pub struct ParticipantTap {
     pub recording: String,
-    tx: SyncSender<RecPacket>,
+    tx: SyncSender<RecItem>,
     tracks: Vec<(String, Arc<TrackMeta>)>,
 }
 
@@ -104,12 +123,22 @@ impl ParticipantTap {
             payload: packet.payload.clone(),
             arrival,
         };
-        match self.tx.try_send(rec) {
+        match self.tx.try_send(RecItem::Rtp(rec)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 track.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }
         }
+    }
+
+    /// Offers an RTCP sender report of the publisher's `remote_id` track (the track the packet
+    /// was routed to; `ssrc` says which track it really describes); never blocks. A full queue
+    /// drops it uncounted: the next report comes a second later and packet drops are what the
+    /// timeline counts.
+    pub fn offer_sender_report(&self, remote_id: &str, ssrc: u32, ntp_time: u64, rtp_time: u32, arrival: Instant) {
+        let Some((_, track)) = self.tracks.iter().find(|(id, _)| id == remote_id) else { return };
+        let report = RecSenderReport { track: track.clone(), ssrc, ntp_time, rtp_time, arrival };
+        let _ = self.tx.try_send(RecItem::SenderReport(report));
     }
 }

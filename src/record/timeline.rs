@@ -68,6 +68,11 @@ pub struct TrackTimeline {
     /// Arrival clock against the RTP clock, every few seconds: `(unix ms, rtp timestamp,
     /// sample position in the file)`. Lets a later tool re-derive drift.
     pub sync: Vec<SyncPoint>,
+    /// The sender's RTCP sender reports (its NTP wall clock against its RTP clock), when it
+    /// sends them: the first [`SENDER_REPORTS_KEPT`] and the latest [`SENDER_REPORTS_KEPT`],
+    /// oldest first. Empty for a sender that sends none (and in timelines written before them).
+    #[serde(default)]
+    pub sender_reports: Vec<SenderReportPair>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -82,6 +87,32 @@ pub struct SyncPoint {
     pub unix_ms: f64,
     pub rtp_timestamp: u32,
     pub sample: u64,
+}
+
+/// Sender reports a track's timeline keeps from each end of the recording.
+pub const SENDER_REPORTS_KEPT: usize = 16;
+
+/// One RTCP sender report: the same instant on the sender's NTP clock and its RTP clock.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct SenderReportPair {
+    /// NTP timestamp as sent: 32.32 fixed-point seconds since 1900-01-01.
+    pub ntp: u64,
+    /// The same time in ms since the Unix epoch.
+    pub ntp_unix_ms: f64,
+    /// RTP timestamp of that instant (the track's RTP clock, 48 kHz for Opus).
+    pub rtp: u32,
+    /// When the report reached the server, ms since the Unix epoch.
+    pub arrival_unix_ms: f64,
+}
+
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
+
+/// A 32.32 NTP timestamp in ms since the Unix epoch (negative before 1970).
+pub fn ntp_to_unix_ms(ntp: u64) -> f64 {
+    let secs = (ntp >> 32) as f64 - NTP_UNIX_OFFSET_SECS as f64;
+    let frac = (ntp & 0xffff_ffff) as f64 / 4_294_967_296.0;
+    (secs + frac) * 1000.0
 }
 
 impl Timeline {
@@ -107,4 +138,17 @@ impl Timeline {
 
 pub fn ms_to_samples(ms: f64) -> u64 {
     (ms.max(0.0) * 48.0).round() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ntp_converts_to_unix_ms() {
+        assert_eq!(ntp_to_unix_ms(NTP_UNIX_OFFSET_SECS << 32), 0.0);
+        // 2026-01-01T00:00:00.5Z
+        let ntp = ((NTP_UNIX_OFFSET_SECS + 1_767_225_600) << 32) | 0x8000_0000;
+        assert_eq!(ntp_to_unix_ms(ntp), 1_767_225_600_500.0);
+    }
 }

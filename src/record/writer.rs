@@ -3,7 +3,7 @@
 //! pauses become silent frames, so every file keeps real time; pages go to disk at least
 //! every [`FLUSH_INTERVAL`], so a killed server leaves files playable up to then.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
@@ -14,8 +14,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use super::ogg::{self, OPUS_RATE, OggWriter};
-use super::tap::{RecPacket, TrackMeta};
-use super::timeline::{Gap, RecordingState, SyncPoint, Timeline, TrackTimeline};
+use super::tap::{RecItem, RecPacket, RecSenderReport, TrackMeta};
+use super::timeline::{
+    Gap, RecordingState, SENDER_REPORTS_KEPT, SenderReportPair, SyncPoint, Timeline, TrackTimeline, ntp_to_unix_ms,
+};
 
 /// Pages are written (and the timeline refreshed) at least this often.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -23,6 +25,8 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 const TIMELINE_INTERVAL: Duration = Duration::from_secs(2);
 /// A sync point is noted this often per track.
 const SYNC_INTERVAL_SAMPLES: u64 = 10 * OPUS_RATE as u64;
+/// Distinct (participant, SSRC) pairs whose sender reports a recording keeps.
+const MAX_REPORTED_SSRCS: usize = 256;
 /// A run of missing sequence numbers up to this long is loss (concealed); longer is a pause.
 const MAX_CONCEALED_PACKETS: u16 = 50;
 /// Arrival running this far ahead of the RTP clock means the sender paused without advancing
@@ -67,12 +71,13 @@ pub fn initial_timeline(setup: &WriterSetup) -> Timeline {
 
 /// Runs until every sender is gone (the recording stopped or its session ended), then closes
 /// the files and writes the final timeline.
-pub fn run(setup: WriterSetup, rx: Receiver<RecPacket>, status: Status) {
+pub fn run(setup: WriterSetup, rx: Receiver<RecItem>, status: Status) {
     let mut w = Writer {
         timeline: initial_timeline(&setup),
         setup,
         tracks: HashMap::new(),
         order: Vec::new(),
+        reports: HashMap::new(),
         silence: SilenceFrames::new(),
         new_track: false,
     };
@@ -83,7 +88,8 @@ pub fn run(setup: WriterSetup, rx: Receiver<RecPacket>, status: Status) {
     let mut last_timeline = Instant::now();
     loop {
         match rx.recv_timeout(FLUSH_INTERVAL) {
-            Ok(p) => w.packet(p),
+            Ok(RecItem::Rtp(p)) => w.packet(p),
+            Ok(RecItem::SenderReport(r)) => w.sender_report(r),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -110,6 +116,9 @@ struct Writer {
     tracks: HashMap<u32, TrackWriter>,
     /// Track keys in the order they appeared.
     order: Vec<u32>,
+    /// Sender reports by (participant id, SSRC): they may come before the track's first
+    /// packet, and a compound RTCP packet may carry another track's report.
+    reports: HashMap<(String, u32), SenderReportLog>,
     silence: SilenceFrames,
     /// A track appeared since the timeline was last stored.
     new_track: bool,
@@ -139,6 +148,22 @@ impl Writer {
         }
     }
 
+    fn sender_report(&mut self, r: RecSenderReport) {
+        let since_start = secs_between(self.setup.started_instant, r.arrival);
+        let pair = SenderReportPair {
+            ntp: r.ntp_time,
+            ntp_unix_ms: ntp_to_unix_ms(r.ntp_time),
+            rtp: r.rtp_time,
+            arrival_unix_ms: unix_ms(self.setup.started_at) + since_start * 1000.0,
+        };
+        let key = (r.track.participant_id.clone(), r.ssrc);
+        // SSRCs are the sender's to choose: a publisher inventing new ones gets no more room.
+        if self.reports.len() >= MAX_REPORTED_SSRCS && !self.reports.contains_key(&key) {
+            return;
+        }
+        self.reports.entry(key).or_default().push(pair);
+    }
+
     fn flush(&mut self, end: bool) {
         for t in self.tracks.values_mut() {
             let r = if end { t.ogg.flush_page(true) } else { t.ogg.flush_page(false) };
@@ -150,8 +175,19 @@ impl Writer {
 
     /// Refreshes the timeline from the writers, stores it and shares it.
     fn publish(&mut self, status: &Status) {
-        self.timeline.tracks =
-            self.order.iter().filter_map(|k| self.tracks.get(k)).map(TrackWriter::timeline).collect();
+        let reports = &self.reports;
+        self.timeline.tracks = self
+            .order
+            .iter()
+            .filter_map(|k| self.tracks.get(k))
+            .map(|t| {
+                let mut timeline = t.timeline();
+                if let Some(log) = reports.get(&(t.meta.participant_id.clone(), t.ssrc)) {
+                    timeline.sender_reports = log.pairs();
+                }
+                timeline
+            })
+            .collect();
         self.timeline.dropped_packets = self.timeline.tracks.iter().map(|t| t.dropped_packets).sum();
         if let Err(e) = self.timeline.store(&self.setup.dir) {
             warn!(recording = %self.setup.recording_id, "writing the timeline: {e}");
@@ -317,7 +353,34 @@ impl TrackWriter {
             dropped_packets: self.meta.dropped.load(std::sync::atomic::Ordering::Relaxed),
             gaps: self.gaps.clone(),
             sync: self.sync.clone(),
+            sender_reports: Vec::new(),
         }
+    }
+}
+
+/// A track's sender reports, bounded: the first [`SENDER_REPORTS_KEPT`] (how the sender's clocks
+/// stood at the start) and the latest [`SENDER_REPORTS_KEPT`] (how they drifted since).
+#[derive(Default)]
+struct SenderReportLog {
+    first: Vec<SenderReportPair>,
+    latest: VecDeque<SenderReportPair>,
+}
+
+impl SenderReportLog {
+    fn push(&mut self, pair: SenderReportPair) {
+        if self.first.len() < SENDER_REPORTS_KEPT {
+            self.first.push(pair);
+            return;
+        }
+        if self.latest.len() == SENDER_REPORTS_KEPT {
+            self.latest.pop_front();
+        }
+        self.latest.push_back(pair);
+    }
+
+    /// Oldest first.
+    fn pairs(&self) -> Vec<SenderReportPair> {
+        self.first.iter().chain(&self.latest).copied().collect()
     }
 }
 
@@ -388,4 +451,20 @@ fn encode_silence(samples: usize) -> Result<Vec<u8>, opus::Error> {
         len = enc.encode_float(&zeros, &mut buf)?;
     }
     Ok(buf[..len].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_report_log_keeps_first_and_latest() {
+        let mut log = SenderReportLog::default();
+        for i in 0..100u32 {
+            log.push(SenderReportPair { ntp: u64::from(i), ntp_unix_ms: 0.0, rtp: i, arrival_unix_ms: 0.0 });
+        }
+        let rtp: Vec<u32> = log.pairs().iter().map(|p| p.rtp).collect();
+        let want: Vec<u32> = (0..16).chain(84..100).collect();
+        assert_eq!(rtp, want);
+    }
 }
