@@ -87,12 +87,26 @@ pub struct OggWriter<W: Write> {
     body: Vec<u8>,
     /// Granule position after the last packet added to the current page.
     granule: u64,
+    /// Where the last packet of the current page starts (segments, body), and the granule
+    /// position before it: what [`OggWriter::flush_all_but_last`] needs to hold it back.
+    last_start: (usize, usize),
+    granule_before_last: u64,
     started: bool,
 }
 
 impl<W: Write> OggWriter<W> {
     pub fn new(out: W, serial: u32) -> Self {
-        OggWriter { out, serial, sequence: 0, segments: Vec::new(), body: Vec::new(), granule: 0, started: false }
+        OggWriter {
+            out,
+            serial,
+            sequence: 0,
+            segments: Vec::new(),
+            body: Vec::new(),
+            granule: 0,
+            last_start: (0, 0),
+            granule_before_last: 0,
+            started: false,
+        }
     }
 
     /// Adds a packet ending at `granule`; writes the page first if the packet does not fit.
@@ -104,6 +118,8 @@ impl<W: Write> OggWriter<W> {
         if self.segments.len() + needed > 255 {
             self.flush_page(false)?;
         }
+        self.last_start = (self.segments.len(), self.body.len());
+        self.granule_before_last = self.granule;
         let mut left = packet.len();
         while left >= 255 {
             self.segments.push(255);
@@ -118,6 +134,26 @@ impl<W: Write> OggWriter<W> {
     /// Whether packets are waiting in the current page.
     pub fn pending(&self) -> bool {
         !self.segments.is_empty()
+    }
+
+    /// Writes the current page except its last packet, which stays for the next page. A live
+    /// recording flushes this way, so that whenever it stops, the end-of-stream page still
+    /// holds a packet (an empty last page with a granule position is invalid, RFC 7845 §4).
+    pub fn flush_all_but_last(&mut self) -> io::Result<()> {
+        let (seg, body) = self.last_start;
+        if seg == 0 {
+            return Ok(()); // one packet or none: nothing to write yet
+        }
+        let held_segments = self.segments.split_off(seg);
+        let held_body = self.body.split_off(body);
+        let held_granule = self.granule;
+        self.granule = self.granule_before_last;
+        self.flush_page(false)?;
+        self.segments = held_segments;
+        self.body = held_body;
+        self.granule = held_granule;
+        self.last_start = (0, 0);
+        Ok(())
     }
 
     /// Writes the current page (if it holds packets, or if `eos` asks for the last page).
@@ -152,6 +188,7 @@ impl<W: Write> OggWriter<W> {
         self.started = true;
         self.segments.clear();
         self.body.clear();
+        self.last_start = (0, 0);
         Ok(())
     }
 
@@ -219,5 +256,31 @@ mod tests {
         let last = last.unwrap();
         assert!(last.last_in_stream());
         assert_eq!(last.absgp_page(), 300 * 480);
+    }
+
+    /// A live recording flushes often; whenever it stops, its last page must hold a packet and
+    /// every page's granule must be that of its last completed packet.
+    #[test]
+    fn periodic_flushes_keep_a_packet_for_the_last_page() {
+        let mut buf = Vec::new();
+        {
+            let mut w = OggWriter::new(&mut buf, 9);
+            for i in 0..10u64 {
+                w.push(&[1, 2, 3], (i + 1) * 480).unwrap();
+                w.flush_all_but_last().unwrap(); // as if a flush came after every packet
+            }
+            w.flush_page(true).unwrap();
+        }
+        let mut r = ogg::PacketReader::new(std::io::Cursor::new(buf));
+        let mut granules = Vec::new();
+        while let Some(p) = r.read_packet().unwrap() {
+            if p.last_in_page() {
+                granules.push(p.absgp_page());
+            }
+            if p.last_in_stream() {
+                assert_eq!(p.absgp_page(), 10 * 480, "the end page holds the last packet");
+            }
+        }
+        assert_eq!(granules, (1..=10u64).map(|i| i * 480).collect::<Vec<_>>());
     }
 }

@@ -166,7 +166,7 @@ impl Writer {
 
     fn flush(&mut self, end: bool) {
         for t in self.tracks.values_mut() {
-            let r = if end { t.ogg.flush_page(true) } else { t.ogg.flush_page(false) };
+            let r = if end { t.ogg.flush_page(true) } else { t.ogg.flush_all_but_last() };
             if let Err(e) = r {
                 warn!(file = %t.file, "flushing: {e}");
             }
