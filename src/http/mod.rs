@@ -69,6 +69,23 @@ async fn metrics() -> Response {
     }
 }
 
+/// `?access_token=` on any endpoint: browsers cannot set headers on a WebSocket or a download link.
+#[derive(serde::Deserialize)]
+pub struct TokenQuery {
+    pub access_token: Option<String>,
+}
+
+/// The caller's token, from `?access_token=` or `Authorization: Bearer`; a 401 when there is none.
+pub fn request_token(headers: &axum::http::HeaderMap, query: &TokenQuery) -> Result<String, Box<Response>> {
+    let bearer = || {
+        let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+        value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+    };
+    query.access_token.clone().or_else(bearer).filter(|t| !t.is_empty()).ok_or_else(|| {
+        Box::new(error_response(StatusCode::UNAUTHORIZED, ErrorCode::TokenMissing, "no access_token or bearer token"))
+    })
+}
+
 /// An error as a JSON body `{code, message}`.
 pub fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     (status, Json(HttpError { code, message: message.into() })).into_response()

@@ -12,12 +12,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use veza_signaling::ErrorCode;
 #[allow(unused_imports)] // named by the OpenAPI annotations
 use veza_signaling::HttpError;
 
-use super::{AppState, error_response};
+use super::{AppState, TokenQuery, error_response};
 use crate::auth::RestCaller;
 use crate::export::ExportOptions;
 use crate::export::jobs::JobView;
@@ -71,11 +71,6 @@ pub async fn recording_command(
     result.err().map(|e| ServerMessage::error(e.code(), e.to_string()))
 }
 
-#[derive(Deserialize)]
-pub struct TokenQuery {
-    access_token: Option<String>,
-}
-
 /// Checks the caller may act on `session`; returns who they are (for `started_by`).
 fn authorize(
     state: &AppState,
@@ -83,13 +78,7 @@ fn authorize(
     query: &TokenQuery,
     session: &str,
 ) -> Result<String, Box<Response>> {
-    let token = query.access_token.clone().or_else(|| {
-        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
-    });
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return Err(Box::new(error_response(StatusCode::UNAUTHORIZED, ErrorCode::TokenMissing, "no bearer token")));
-    };
+    let token = super::request_token(headers, query)?;
     match state.verifier.verify_rest(&token) {
         Ok(RestCaller::Admin { sub }) => Ok(format!("admin:{sub}")),
         Ok(RestCaller::Participant(id)) if id.session == session && id.grants.record => Ok(id.user),

@@ -17,7 +17,7 @@ use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 use veza_signaling::{ErrorCode, Grants};
 
-use super::{AppState, error_response};
+use super::{AppState, TokenQuery, error_response};
 use crate::auth::RestCaller;
 use crate::media::admin::{AdminCommand, WorkerGone};
 use crate::session::{AdminError, NewSession, ParticipantView, SessionView};
@@ -93,20 +93,9 @@ pub struct SessionList {
     sessions: Vec<SessionView>,
 }
 
-#[derive(Deserialize)]
-pub struct TokenQuery {
-    access_token: Option<String>,
-}
-
 /// Admits service tokens only: 401 without a valid one, 403 for a participant token.
 fn admin_only(state: &AppState, headers: &HeaderMap, query: &TokenQuery) -> Result<String, Box<Response>> {
-    let token = query.access_token.clone().or_else(|| {
-        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
-    });
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return Err(Box::new(error_response(StatusCode::UNAUTHORIZED, ErrorCode::TokenMissing, "no bearer token")));
-    };
+    let token = super::request_token(headers, query)?;
     match state.verifier.verify_rest(&token) {
         Ok(RestCaller::Admin { sub }) => Ok(sub),
         Ok(RestCaller::Participant(_)) => Err(Box::new(error_response(

@@ -6,26 +6,20 @@ use std::time::Instant;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::SinkExt;
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 use veza_signaling::{ClientMessage, ErrorCode, LeaveReason, ServerMessage};
 
-use super::{AppState, error_response};
+use super::{AppState, TokenQuery, error_response};
 use crate::auth::Identity;
 use crate::chat::RateLimiter;
 use crate::media::WorkerHandle;
 use crate::session::JoinRequest;
-
-#[derive(Deserialize)]
-pub struct WsQuery {
-    access_token: Option<String>,
-}
 
 /// Hard cap for one frame: past it the socket closes. Below it but above the configured
 /// message limit, the client gets `message_too_large` and the socket stays open.
@@ -33,13 +27,13 @@ const HARD_FRAME_FACTOR: usize = 4;
 
 pub async fn handler(
     State(state): State<AppState>,
-    Query(query): Query<WsQuery>,
+    Query(query): Query<TokenQuery>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let token = query.access_token.or_else(|| bearer(&headers));
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return error_response(StatusCode::UNAUTHORIZED, ErrorCode::TokenMissing, "no access_token or bearer token");
+    let token = match super::request_token(&headers, &query) {
+        Ok(token) => token,
+        Err(refusal) => return *refusal,
     };
     let identity = match state.verifier.verify(&token) {
         Ok(identity) => identity,
@@ -69,11 +63,6 @@ pub async fn handler(
         .max_message_size(limit * HARD_FRAME_FACTOR)
         .max_frame_size(limit * HARD_FRAME_FACTOR)
         .on_upgrade(move |socket| run(socket, state, identity))
-}
-
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
 }
 
 fn participant_id() -> String {
