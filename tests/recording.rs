@@ -49,14 +49,8 @@ struct Api {
 
 impl Api {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("HTTP request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let token = Some(self.token.as_str()).filter(|t| !t.is_empty());
+        common::http_json(&self.http, format!("{}{path}", self.base), token, method, body).await
     }
 
     async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {

@@ -119,6 +119,15 @@ fn admin_error(e: AdminError) -> Response {
     error_response(status, e.code(), e.to_string())
 }
 
+/// A worker's answer as HTTP: `ok` for success, the admin error's status otherwise.
+fn respond<T>(answer: Result<Result<T, AdminError>, WorkerGone>, ok: impl FnOnce(T) -> Response) -> Response {
+    match answer {
+        Ok(Ok(value)) => ok(value),
+        Ok(Err(e)) => admin_error(e),
+        Err(e) => worker_gone(e),
+    }
+}
+
 fn worker_gone(_: WorkerGone) -> Response {
     error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, "media worker stopped")
 }
@@ -252,11 +261,9 @@ pub(crate) async fn end(
     {
         tracing::warn!(%session, recording = %rid, "stopping the recording of an ended session: {e}");
     }
-    match state.media.worker_for(&session).admin(|tx| AdminCommand::EndSession(session.clone(), tx)).await {
-        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => admin_error(e),
-        Err(e) => worker_gone(e),
-    }
+    respond(state.media.worker_for(&session).admin(|tx| AdminCommand::EndSession(session.clone(), tx)).await, |()| {
+        StatusCode::NO_CONTENT.into_response()
+    })
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{session}/participants/{pid}/kick", operation_id = "kick_participant", tag = "sessions",
@@ -273,11 +280,7 @@ pub(crate) async fn kick(
         return *r;
     }
     let command = |reply| AdminCommand::Kick { session: session.clone(), participant: pid.clone(), reply };
-    match state.media.worker_for(&session).admin(command).await {
-        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => admin_error(e),
-        Err(e) => worker_gone(e),
-    }
+    respond(state.media.worker_for(&session).admin(command).await, |()| StatusCode::NO_CONTENT.into_response())
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{session}/participants/{pid}/mute", operation_id = "mute_participant", tag = "sessions",
@@ -299,11 +302,7 @@ pub(crate) async fn mute(
         Err(e) => return bad_request(format!("expected {{muted: bool}}: {}", e.body_text())),
     };
     let command = |reply| AdminCommand::Mute { session: session.clone(), participant: pid.clone(), muted, reply };
-    match state.media.worker_for(&session).admin(command).await {
-        Ok(Ok(view)) => Json(view).into_response(),
-        Ok(Err(e)) => admin_error(e),
-        Err(e) => worker_gone(e),
-    }
+    respond(state.media.worker_for(&session).admin(command).await, |view| Json(view).into_response())
 }
 
 #[utoipa::path(put, path = "/v1/sessions/{session}/participants/{pid}/grants", operation_id = "set_participant_grants", tag = "sessions",
@@ -332,9 +331,5 @@ pub(crate) async fn grants(
         }
     };
     let command = |reply| AdminCommand::SetGrants { session: session.clone(), participant: pid.clone(), grants, reply };
-    match state.media.worker_for(&session).admin(command).await {
-        Ok(Ok(view)) => Json(view).into_response(),
-        Ok(Err(e)) => admin_error(e),
-        Err(e) => worker_gone(e),
-    }
+    respond(state.media.worker_for(&session).admin(command).await, |view| Json(view).into_response())
 }

@@ -64,3 +64,25 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One JSON request to the server's HTTP API: the status and the body (JSON, or the raw text
+/// as a JSON string when it is not JSON).
+pub async fn http_json(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    method: reqwest::Method,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("HTTP request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
