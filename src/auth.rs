@@ -100,6 +100,7 @@ const MAX_ID_LEN: usize = 128;
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    max_token_bytes: usize,
 }
 
 /// A configuration problem that stops the server from starting.
@@ -172,11 +173,12 @@ impl Verifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(Verifier { key, validation })
+        Ok(Verifier { key, validation, max_token_bytes: cfg.max_token_bytes })
     }
 
     /// Verifies a participant token. Never logs or echoes the token itself.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.precheck(token)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| classify(&e))?;
         let c = data.claims;
         if c.sub.is_empty() || c.sub.len() > MAX_ID_LEN {
@@ -197,6 +199,7 @@ impl Verifier {
     /// Verifies a token for the REST API: a service token (admin grant, no session) or a
     /// participant token.
     pub fn verify_rest(&self, token: &str) -> Result<RestCaller, AuthError> {
+        self.precheck(token)?;
         let data =
             jsonwebtoken::decode::<ServiceClaims>(token, &self.key, &self.validation).map_err(|e| classify(&e))?;
         let c = data.claims;
@@ -210,6 +213,39 @@ impl Verifier {
             Some(_) => self.verify(token).map(RestCaller::Participant),
         }
     }
+}
+
+impl Verifier {
+    /// Refuses oversized tokens before any base64 or JSON work is spent on them, and tokens
+    /// whose header names another algorithm. jsonwebtoken cannot even parse a header with an
+    /// algorithm it does not know (`none`), which it reports as malformed JSON; the header is
+    /// read here first so that `alg: none` is called what it is.
+    fn precheck(&self, token: &str) -> Result<(), AuthError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::new(
+                ErrorCode::TokenTooLarge,
+                format!("token is {} bytes; the limit is {}", token.len(), self.max_token_bytes),
+            ));
+        }
+        if let Some(alg) = header_algorithm(token)
+            && !alg.parse::<Algorithm>().is_ok_and(|a| self.validation.algorithms.contains(&a))
+        {
+            return Err(AuthError::new(
+                ErrorCode::TokenWrongAlgorithm,
+                "token is signed with an algorithm this server does not accept",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The `alg` a token's header claims, if the header is base64url JSON with a string `alg`.
+fn header_algorithm(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let header = token.split('.').next()?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    value.get("alg")?.as_str().map(str::to_owned)
 }
 
 /// Session ids travel in URLs and file names later: keep them plain.

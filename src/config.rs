@@ -59,6 +59,13 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Server messages queued for one client before it counts as too slow and is dropped. Default: 256.
     pub outbound_queue: usize,
+    /// Signaling connection attempts (`GET /v1/ws`, good token or not) one client address may
+    /// make per minute; the excess gets HTTP 429 `join_rate_limited`. 0 means no limit. Default: 30.
+    pub join_attempts_per_minute: u32,
+    /// Header carrying the client's address when a reverse proxy sits in front (e.g.
+    /// `X-Forwarded-For`: its first entry is used). Only set this behind a proxy that
+    /// overwrites it, or clients can pick their own address. Default: none (the TCP peer).
+    pub client_ip_header: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +122,9 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp`/`nbf`. Default: 30 s.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// Longest token accepted, in bytes; longer ones get `token_too_large` without being
+    /// decoded. Default: 8 KiB.
+    pub max_token_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +134,14 @@ pub struct SessionsConfig {
     pub auto_create: bool,
     /// Participants per session. Default: 16.
     pub max_participants: usize,
+    /// Live sessions this node hosts at most; joins that would start another one, and
+    /// `POST /v1/sessions`, get `server_full`. Default: 500.
+    pub max_sessions: usize,
+    /// A participant whose signaling socket drops (without `leave` or a close frame) keeps its
+    /// place, media and routes this long, waiting for a reconnect with `?resume=`; the others
+    /// see no leave. 0 turns resuming off. Default: 10 s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_grace: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,6 +186,8 @@ impl Default for HttpConfig {
             keepalive_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             outbound_queue: 256,
+            join_attempts_per_minute: 30,
+            client_ip_header: None,
         }
     }
 }
@@ -202,13 +222,19 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
+            max_token_bytes: 8 * 1024,
         }
     }
 }
 
 impl Default for SessionsConfig {
     fn default() -> Self {
-        SessionsConfig { auto_create: true, max_participants: 16 }
+        SessionsConfig {
+            auto_create: true,
+            max_participants: 16,
+            max_sessions: 500,
+            reconnect_grace: Duration::from_secs(10),
+        }
     }
 }
 

@@ -14,6 +14,15 @@ use crate::http::{self, AppState};
 use crate::media::MediaEngine;
 use crate::session::HostStats;
 
+/// Counted by the signaling layer (src/http/ws.rs, src/http/resume.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalingStats {
+    /// Participations with a signaling task: attached to a socket or parked.
+    pub participations: usize,
+    /// Participations whose socket dropped, waiting for a reconnect.
+    pub parked: usize,
+}
+
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     pub http_addr: SocketAddr,
@@ -21,6 +30,7 @@ pub struct Server {
     pub media: Arc<MediaEngine>,
     ready: Arc<AtomicBool>,
     drain: Arc<crate::drain::Drain>,
+    resumable: Arc<http::Resumable>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -46,6 +56,11 @@ impl Server {
         let config = Arc::new(config);
         let ready = Arc::new(AtomicBool::new(true));
         let drain = Arc::new(crate::drain::Drain::new(ready.clone()));
+        let resumable = Arc::new(http::Resumable::default());
+        let joins = Arc::new(http::JoinLimiter::new(
+            config.http.join_attempts_per_minute,
+            config.http.client_ip_header.clone(),
+        ));
         let state = AppState {
             config: config.clone(),
             verifier,
@@ -55,18 +70,21 @@ impl Server {
             recordings: Arc::new(crate::record::Recordings::new(&config.data_dir)),
             exports,
             webhooks,
+            resumable: resumable.clone(),
+            joins,
         };
-        let app = http::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+        let app = http::router(state)
+            .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(http::request_span as fn(&_) -> _));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
                 })
                 .await
         });
         tracing::info!(%http_addr, "HTTP listening");
-        Ok(Server { http_addr, config, media, ready, drain, stop: Some(stop), task })
+        Ok(Server { http_addr, config, media, ready, drain, resumable, stop: Some(stop), task })
     }
 
     /// The signaling URL, e.g. `ws://127.0.0.1:7880/v1/ws`.
@@ -80,6 +98,12 @@ impl Server {
 
     pub async fn stats(&self) -> HostStats {
         self.media.stats().await
+    }
+
+    /// What the signaling layer holds: live participations (attached or waiting for a resume)
+    /// and those whose socket dropped.
+    pub fn signaling_stats(&self) -> SignalingStats {
+        SignalingStats { participations: self.resumable.len(), parked: self.resumable.parked() }
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -131,15 +131,44 @@ function join(rawToken) {
   setSignaling('connecting');
   showStatus('Connecting…');
 
-  const ws = new WebSocket(wsUrl(token));
-  s.ws = ws;
-  // Every handler checks it still belongs to the live session: a late event from an old
-  // socket must not disturb a newer one.
-  ws.onopen = () => { if (s === session) setSignaling('open'); };
-  ws.onmessage = (ev) => { if (s === session) onSignal(s, ev.data); };
-  ws.onclose = (ev) => { if (s === session) onSocketClose(s, ev); };
+  openSocket(s, wsUrl(token));
   updateControls();
   return veza.joined;
+}
+
+function openSocket(s, url) {
+  const ws = new WebSocket(url);
+  s.ws = ws;
+  // Every handler checks it still belongs to the live session and socket: a late event from
+  // an old socket must not disturb a newer one.
+  const live = () => s === session && s.ws === ws;
+  ws.onopen = () => { if (live()) setSignaling('open'); };
+  ws.onmessage = (ev) => { if (live()) onSignal(s, ev.data); };
+  ws.onclose = (ev) => { if (live()) onSocketClose(s, ev); };
+}
+
+/**
+ * The signaling socket dropped while joined: media goes on, and the server keeps our place for
+ * `resume_grace_ms`. Reconnect with the resume token, backing off, until the grace runs out.
+ */
+function reconnect(s) {
+  const deadline = s.resume.droppedAt + s.resume.graceMs;
+  const delay = Math.min(250 * 2 ** s.resume.attempts, 2000);
+  if (Date.now() + delay >= deadline) return false;
+  s.resume.attempts += 1;
+  setSignaling('reconnecting');
+  showStatus('Connection to the server lost; reconnecting… (your audio keeps flowing)', 'error');
+  setTimeout(() => {
+    if (s !== session) return;
+    openSocket(s, `${wsUrl(s.token)}&resume=${encodeURIComponent(s.resume.token)}`);
+  }, delay);
+  return true;
+}
+
+function onResumed(s) {
+  s.resume.attempts = 0;
+  s.resume.droppedAt = null;
+  showStatus('Reconnected to the server.');
 }
 
 function leave() {
@@ -186,6 +215,11 @@ async function onGrantsChanged(s, m) {
 
 function onSocketClose(s, ev) {
   const wasJoined = state.joined;
+  // 1000 is our own goodbye; anything else while joined may be a network blip worth resuming.
+  if (wasJoined && !s.leaving && !s.sessionEnded && !s.resumeRefused && s.resume?.token && ev.code !== 1000) {
+    s.resume.droppedAt ??= Date.now();
+    if (reconnect(s)) return;
+  }
   teardown(s);
   if (!wasJoined) {
     state.phase = 'error';
@@ -282,6 +316,7 @@ function send(s, msg) {
 
 const signalHandlers = {
   joined: onJoined,
+  resumed: onResumed,
   answer: onPublisherAnswer,
   offer: onSubscriberOffer,
   participant_joined: (s, m) => upsertParticipant(m.participant, false),
@@ -298,6 +333,7 @@ const signalHandlers = {
   grants_changed: onGrantsChanged,
   error: (s, m) => {
     s.gotServerError = true;
+    if (m.code === 'resume_expired') s.resumeRefused = true;
     reportServerError(m.code, m.message);
   },
 };
@@ -339,6 +375,7 @@ function onJoined(s, m) {
     codec: m.codec,
   });
   s.iceServers = (m.ice_servers ?? []).map(toIceServer);
+  s.resume = { token: m.resume_token, graceMs: m.resume_grace_ms ?? 0, droppedAt: null, attempts: 0 };
 
   participants.clear();
   $('participants').replaceChildren();
@@ -650,6 +687,8 @@ function upsertParticipant(p, isSelf) {
 }
 
 function onParticipantLeft(s, m) {
+  // About ourselves: the Veza API removed us (kicked). The socket closes next; do not resume.
+  if (m.participant_id === state.self?.id) s.resumeRefused = true;
   participants.delete(m.participant_id);
   participantLi(m.participant_id)?.remove();
   removeAudio(s, m.participant_id);

@@ -5,7 +5,7 @@ mod common;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use veza_sfu::auth::unix_now;
-use veza_signaling::{Client, ClientError, ErrorCode, ServerMessage};
+use veza_signaling::{Client, ClientError, ErrorCode, Grants, ServerMessage};
 
 fn sign(alg: Algorithm, key: &EncodingKey, claims: serde_json::Value) -> String {
     jsonwebtoken::encode(&Header::new(alg), &claims, key).unwrap()
@@ -130,4 +130,83 @@ async fn a_short_secret_stops_the_server_from_starting() {
     config.auth.secret = Some(String::new());
     let err = veza_sfu::Server::start(config).await.err().expect("an empty secret must be refused");
     assert!(err.to_string().contains("at least"), "{err}");
+}
+
+/// Unsigned, mangled, oversized and misdirected tokens: each refused before anything is
+/// upgraded or joined, with a code that says which.
+#[tokio::test]
+async fn the_token_attack_matrix_is_refused_with_precise_codes() {
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let server = common::start().await;
+    let url = server.ws_url();
+
+    // `alg: none`, with and without a trailing signature segment.
+    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims()));
+    assert_eq!(refused_with(&url, &none).await, ErrorCode::TokenWrongAlgorithm);
+    assert_eq!(refused_with(&url, none.trim_end_matches('.')).await, ErrorCode::TokenWrongAlgorithm);
+
+    // Broken base64 in each segment, and a valid signature over a payload that is not JSON.
+    let good = hs256(claims());
+    let parts: Vec<&str> = good.split('.').collect();
+    for broken in [
+        format!("{}!.{}.{}", parts[0], parts[1], parts[2]),
+        format!("{}.{}%%.{}", parts[0], parts[1], parts[2]),
+        format!("{}.{}.{}*", parts[0], parts[1], parts[2]),
+    ] {
+        let code = refused_with(&url, &urlencode(&broken)).await;
+        assert!(matches!(code, ErrorCode::TokenMalformed | ErrorCode::TokenBadSignature), "{broken}: {code:?}");
+    }
+
+    // Longer than auth.max_token_bytes: refused by size, before any decoding.
+    let mut c = claims();
+    c["name"] = json!("x".repeat(9 * 1024));
+    assert_eq!(refused_with(&url, &hs256(c)).await, ErrorCode::TokenTooLarge);
+
+    // A 1 MB token does not even fit in an HTTP request head: HTTP refuses it, and the server
+    // goes on serving.
+    let huge = "a".repeat(1024 * 1024);
+    let status = reqwest::Client::new()
+        .get(format!("{}/v1/ws", server.http_url()))
+        .bearer_auth(&huge)
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert!(matches!(status, Ok(431) | Ok(414) | Ok(400) | Err(_)), "{status:?}");
+    let mut client = Client::connect(&url, &good).await.expect("a good token still joins");
+    assert!(matches!(client.recv().await.unwrap(), Some(ServerMessage::Joined(_))));
+
+    // A token for another session gives no way into this one's REST resources.
+    let other = common::token_with("other-jam", "u1", Grants { record: true, ..Grants::default() });
+    let (status, body) = common::http_json(
+        &reqwest::Client::new(),
+        format!("{}/v1/sessions/jam/recordings", server.http_url()),
+        Some(&other),
+        reqwest::Method::GET,
+        None,
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+
+    // No grants claim: a plain musician. No recording, no session management.
+    let plain = hs256(claims());
+    for (method, path) in
+        [(reqwest::Method::GET, "/v1/sessions/jam/recordings"), (reqwest::Method::GET, "/v1/sessions")]
+    {
+        let (status, _) = common::http_json(
+            &reqwest::Client::new(),
+            format!("{}{path}", server.http_url()),
+            Some(&plain),
+            method,
+            None,
+        )
+        .await;
+        assert_eq!(status, 403, "{path}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// `%`, `!` and `*` must reach the server as they are, not be taken for URL syntax.
+fn urlencode(token: &str) -> String {
+    token.replace('%', "%25").replace('!', "%21").replace('*', "%2A")
 }

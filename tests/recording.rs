@@ -10,7 +10,6 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use veza_sfu::auth::Minter;
 use veza_sfu::sim::{SimOptions, SimParticipant};
 use veza_signaling::{ClientMessage, ErrorCode, Grants, ServerMessage};
 
@@ -18,11 +17,6 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn unix_ms(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
-}
-
-fn admin_token() -> String {
-    let auth = veza_sfu::config::AuthConfig { secret: Some(common::SECRET.to_owned()), ..Default::default() };
-    Minter::from_config(&auth).unwrap().mint_admin("veza-api", Duration::from_secs(600)).unwrap()
 }
 
 fn config_in(name: &str) -> veza_sfu::Config {
@@ -160,7 +154,7 @@ async fn three_tones_are_recorded_and_exported_as_aligned_stems_and_a_clean_mix(
     let data_dir = config.data_dir.clone();
     let server = common::start_with(config).await;
     let url = server.ws_url();
-    let api = Api { http: reqwest::Client::new(), base: server.http_url(), token: admin_token() };
+    let api = Api { http: reqwest::Client::new(), base: server.http_url(), token: common::admin_token() };
 
     let mut sims = Vec::new();
     for (user, hz) in [("ana", 220.0), ("ben", 440.0), ("cleo", 880.0)] {
@@ -322,7 +316,7 @@ async fn three_tones_are_recorded_and_exported_as_aligned_stems_and_a_clean_mix(
 async fn recording_control_and_exports_refuse_bad_requests_clearly() {
     let config = config_in("bad");
     let server = common::start_with(config).await;
-    let admin = Api { http: reqwest::Client::new(), base: server.http_url(), token: admin_token() };
+    let admin = Api { http: reqwest::Client::new(), base: server.http_url(), token: common::admin_token() };
 
     // No one is in the session yet.
     let (status, body) = admin.post("/v1/sessions/empty/recordings", None).await;
@@ -339,7 +333,7 @@ async fn recording_control_and_exports_refuse_bad_requests_clearly() {
     let plain = Api { http: reqwest::Client::new(), base: server.http_url(), token: common::token("jam", "zoe") };
     let (status, body) = plain.post("/v1/sessions/jam/recordings", None).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
-    let refused = SimParticipant::join(&server.ws_url(), &admin_token(), SimOptions::default()).await;
+    let refused = SimParticipant::join(&server.ws_url(), &common::admin_token(), SimOptions::default()).await;
     assert!(refused.is_err(), "an admin token must not join a session");
 
     // Signaling: without the grant, refused; with it, everyone hears that recording started.
@@ -414,7 +408,7 @@ async fn sigkill_while_recording_leaves_ogg_files_that_decode_up_to_the_last_flu
         .await
         .unwrap();
     sim.wait_publisher_connected(WAIT).await.unwrap();
-    let api = Api { http: reqwest::Client::new(), base, token: admin_token() };
+    let api = Api { http: reqwest::Client::new(), base, token: common::admin_token() };
     let (status, rec) = api.post("/v1/sessions/crash/recordings", None).await;
     assert_eq!(status, 201, "{rec}");
     let rec_dir = data_dir.join("recordings/crash").join(rec["id"].as_str().unwrap());

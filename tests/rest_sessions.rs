@@ -7,16 +7,10 @@ mod common;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use veza_sfu::auth::Minter;
 use veza_sfu::sim::{SimOptions, SimParticipant};
 use veza_signaling::{ErrorCode, Grants, LeaveReason, ServerMessage};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn admin_token() -> String {
-    let auth = veza_sfu::config::AuthConfig { secret: Some(common::SECRET.to_owned()), ..Default::default() };
-    Minter::from_config(&auth).unwrap().mint_admin("veza-api", Duration::from_secs(600)).unwrap()
-}
 
 struct Api {
     http: reqwest::Client,
@@ -85,7 +79,7 @@ async fn join(server: &veza_sfu::Server, session: &str, user: &str) -> SimPartic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_api_flow_create_join_kick_get_end() {
     let server = common::start_with(closed_config()).await;
-    let api = Api::new(&server, Some(admin_token()));
+    let api = Api::new(&server, Some(common::admin_token()));
 
     // With auto_create off, a token for a session nobody created is refused.
     let refused = SimParticipant::join(&server.ws_url(), &common::token("gig", "ana"), SimOptions::default()).await;
@@ -146,12 +140,12 @@ async fn go_api_flow_create_join_kick_get_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_refuses_bad_callers_unknown_sessions_and_bad_bodies() {
     let server = common::start().await;
-    let admin = Api::new(&server, Some(admin_token()));
+    let admin = Api::new(&server, Some(common::admin_token()));
 
     let nobody = Api::new(&server, None);
     let (status, body) = nobody.get("/v1/sessions").await;
     assert_eq!((status, body["code"].as_str()), (401, Some("token_missing")));
-    let forged = Api::new(&server, Some(format!("{}x", admin_token())));
+    let forged = Api::new(&server, Some(format!("{}x", common::admin_token())));
     let (status, body) = forged.post("/v1/sessions", json!({})).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("token_bad_signature")), "{body}");
     let musician = Api::new(&server, Some(common::token("jam", "ana")));
@@ -203,7 +197,7 @@ async fn rest_refuses_bad_callers_unknown_sessions_and_bad_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_mute_stops_forwarding_and_tells_everyone() {
     let server = common::start().await;
-    let api = Api::new(&server, Some(admin_token()));
+    let api = Api::new(&server, Some(common::admin_token()));
     let ana = join(&server, "mute", "ana").await;
     let ben = join(&server, "mute", "ben").await;
     ana.start_publishing();
@@ -243,7 +237,7 @@ async fn server_side_mute_stops_forwarding_and_tells_everyone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_change_live_a_promoted_listener_is_heard_and_a_demoted_musician_is_not() {
     let server = common::start().await;
-    let api = Api::new(&server, Some(admin_token()));
+    let api = Api::new(&server, Some(common::admin_token()));
     let ana = join(&server, "grants", "ana").await;
     let listener_grants = Grants { publish: false, ..Grants::default() };
     let mut lee = SimParticipant::join(
@@ -286,7 +280,7 @@ async fn auto_record_session_records_from_creation_until_it_ends() {
     let mut config = closed_config();
     config.data_dir = std::env::temp_dir().join(format!("veza-autorec-{}", std::process::id()));
     let server = common::start_with(config).await;
-    let api = Api::new(&server, Some(admin_token()));
+    let api = Api::new(&server, Some(common::admin_token()));
     let (status, created) = api.post("/v1/sessions", json!({"id": "taped", "auto_record": true})).await;
     assert_eq!(status, 201, "{created}");
     let rid = created["recording_id"].as_str().expect("recording started with the session").to_owned();

@@ -169,7 +169,11 @@ async fn left(sim: &SimParticipant, who: &str) -> LeaveReason {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_and_vanishing_free_everything_the_participant_held() {
-    let server = common::start().await;
+    let mut config = common::test_config();
+    // Shorter than the moment a vanished sim's connections go quiet (src/sim: VANISH_LINGER):
+    // the grace period, not media failure, ends a vanished participation here.
+    config.sessions.reconnect_grace = Duration::from_millis(500);
+    let server = common::start_with(config).await;
     let url = server.ws_url();
     let ana = join(&url, "gig", "ana").await;
     let ben = join(&url, "gig", "ben").await;
@@ -193,7 +197,8 @@ async fn leaving_and_vanishing_free_everything_the_participant_held() {
     let stats = server.stats().await;
     assert_eq!((stats.participants, stats.connections, stats.routes), (2, 4, 2));
 
-    // An abrupt disappearance: no leave, no close.
+    // An abrupt disappearance: no leave, no close frame. The server keeps cleo's place for a
+    // resume until the grace period runs out (tests/vanish.rs has ICE noticing instead).
     let cleo_id = cleo.id().to_owned();
     cleo.vanish().await;
     assert_eq!(left(&ana, &cleo_id).await, LeaveReason::Disconnected);
@@ -208,5 +213,7 @@ async fn leaving_and_vanishing_free_everything_the_participant_held() {
         (s.sessions, s.participants, s.connections, s.routes, s.demux_addresses, s.demux_ufrags) == (0, 0, 0, 0, 0, 0)
     })
     .await;
+    let signaling = server.signaling_stats();
+    assert_eq!((signaling.participations, signaling.parked), (0, 0));
     server.shutdown().await.unwrap();
 }

@@ -14,7 +14,6 @@ use axum::routing::post;
 use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use veza_sfu::auth::Minter;
 use veza_sfu::sim::{SimOptions, SimParticipant};
 
 const WEBHOOK_KEY: &str = "webhook-key-for-tests";
@@ -72,11 +71,6 @@ async fn receiver(fail_first: usize) -> (String, Shared) {
     (url, shared)
 }
 
-fn admin_token() -> String {
-    let auth = veza_sfu::config::AuthConfig { secret: Some(common::SECRET.to_owned()), ..Default::default() };
-    Minter::from_config(&auth).unwrap().mint_admin("veza-api", Duration::from_secs(600)).unwrap()
-}
-
 /// The events delivered (answered 200) for `session`, in arrival order, once per event id.
 fn delivered(shared: &Shared, session: &str) -> Vec<Value> {
     let r = shared.lock().unwrap();
@@ -104,7 +98,7 @@ async fn signed_events_arrive_in_order_and_failed_deliveries_are_retried() {
     let server = common::start_with(config).await;
     let http = reqwest::Client::new();
     let api = |method: reqwest::Method, path: &str| {
-        http.request(method, format!("{}{path}", server.http_url())).bearer_auth(admin_token())
+        http.request(method, format!("{}{path}", server.http_url())).bearer_auth(common::admin_token())
     };
 
     let created = api(reqwest::Method::POST, "/v1/sessions").json(&json!({"id": "hooks"})).send().await.unwrap();

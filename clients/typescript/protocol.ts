@@ -6,7 +6,7 @@ export const CHAT_LABEL = "chat";
 
 export type ClientMessage = { "type": "offer", sdp: string, } | { "type": "answer", sdp: string, } | { "type": "candidate", target: PcTarget, candidate: IceCandidate, } | { "type": "mute", muted: boolean, } | { "type": "ping", ts?: number, } | { "type": "leave" } | { "type": "start_recording" } | { "type": "stop_recording" };
 
-export type ServerMessage = { "type": "joined" } & Joined | { "type": "answer", sdp: string, } | { "type": "offer", sdp: string, } | { "type": "participant_joined", participant: ParticipantInfo, } | { "type": "participant_left", participant_id: string, reason: LeaveReason, } | { "type": "track_published", participant_id: string, track: TrackInfo, } | { "type": "track_unpublished", participant_id: string, track_id: string, } | { "type": "track_muted", participant_id: string, track_id: string, muted: boolean, } | { "type": "pong", ts?: number, } | { "type": "error", code: ErrorCode, message: string, } | { "type": "draining", reconnect_within_ms: number, message: string, } | { "type": "recording_started", recording_id: string, } | { "type": "recording_stopped", recording_id: string, } | { "type": "session_ended", reason: string, } | { "type": "grants_changed", grants: Grants, };
+export type ServerMessage = { "type": "joined" } & Joined | { "type": "resumed", participant_id: string, } | { "type": "answer", sdp: string, } | { "type": "offer", sdp: string, } | { "type": "participant_joined", participant: ParticipantInfo, } | { "type": "participant_left", participant_id: string, reason: LeaveReason, } | { "type": "track_published", participant_id: string, track: TrackInfo, } | { "type": "track_unpublished", participant_id: string, track_id: string, } | { "type": "track_muted", participant_id: string, track_id: string, muted: boolean, } | { "type": "pong", ts?: number, } | { "type": "error", code: ErrorCode, message: string, } | { "type": "draining", reconnect_within_ms: number, message: string, } | { "type": "recording_started", recording_id: string, } | { "type": "recording_stopped", recording_id: string, } | { "type": "session_ended", reason: string, } | { "type": "grants_changed", grants: Grants, };
 
 export type Joined = { protocol_version: number, session_id: string, 
 /**
@@ -20,7 +20,13 @@ participants: Array<ParticipantInfo>, ice_servers: Array<IceServer>, codec: Code
 /**
  * The most recent chat messages, oldest first.
  */
-chat_history: Array<ChatOut>, };
+chat_history: Array<ChatOut>, 
+/**
+ * Secret for picking this participation back up if the signaling socket drops: reconnect
+ * with `?resume=<resume_token>` (and a valid token for the same user and session) within
+ * `resume_grace_ms`. Media keeps flowing meanwhile and nobody sees you leave.
+ */
+resume_token: string, resume_grace_ms: number, };
 
 export type ParticipantInfo = { 
 /**
@@ -59,7 +65,7 @@ fmtp: string, };
 
 export type LeaveReason = "left" | "disconnected" | "media_failed" | "too_slow" | "kicked" | "session_ended";
 
-export type ErrorCode = "token_missing" | "token_malformed" | "token_bad_signature" | "token_expired" | "token_not_yet_valid" | "token_wrong_algorithm" | "token_wrong_issuer" | "token_wrong_audience" | "token_invalid_claims" | "session_not_found" | "session_full" | "server_full" | "not_ready" | "draining" | "malformed_message" | "unknown_message_type" | "message_too_large" | "rate_limited" | "publish_not_allowed" | "track_limit" | "invalid_sdp" | "negotiation_failed" | "invalid_candidate" | "chat_not_allowed" | "chat_too_long" | "chat_empty" | "chat_rate_limited" | "record_not_allowed" | "recording_not_found" | "recording_active" | "export_not_found" | "invalid_request" | "forbidden" | "participant_not_found" | "session_exists" | "internal";
+export type ErrorCode = "token_missing" | "token_malformed" | "token_bad_signature" | "token_expired" | "token_not_yet_valid" | "token_wrong_algorithm" | "token_wrong_issuer" | "token_wrong_audience" | "token_invalid_claims" | "token_too_large" | "session_not_found" | "session_full" | "server_full" | "not_ready" | "draining" | "join_rate_limited" | "resume_expired" | "malformed_message" | "unknown_message_type" | "message_too_large" | "rate_limited" | "publish_not_allowed" | "track_limit" | "invalid_sdp" | "negotiation_failed" | "invalid_candidate" | "chat_not_allowed" | "chat_too_long" | "chat_empty" | "chat_rate_limited" | "record_not_allowed" | "recording_not_found" | "recording_active" | "export_not_found" | "invalid_request" | "forbidden" | "participant_not_found" | "session_exists" | "internal";
 
 export type HttpError = { code: ErrorCode, message: string, };
 

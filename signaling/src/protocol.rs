@@ -135,6 +135,12 @@ pub struct Joined {
     pub codec: CodecProfile,
     /// The most recent chat messages, oldest first.
     pub chat_history: Vec<ChatOut>,
+    /// Secret for picking this participation back up if the signaling socket drops: reconnect
+    /// with `?resume=<resume_token>` (and a valid token for the same user and session) within
+    /// `resume_grace_ms`. Media keeps flowing meanwhile and nobody sees you leave.
+    pub resume_token: String,
+    #[cfg_attr(feature = "typescript", ts(type = "number"))]
+    pub resume_grace_ms: u64,
 }
 
 /// Why a participant left.
@@ -172,6 +178,8 @@ pub enum ErrorCode {
     TokenWrongIssuer,
     TokenWrongAudience,
     TokenInvalidClaims,
+    /// The token is longer than `auth.max_token_bytes`.
+    TokenTooLarge,
     // Joining.
     SessionNotFound,
     SessionFull,
@@ -179,6 +187,12 @@ pub enum ErrorCode {
     NotReady,
     /// The server is shutting down: join again (another node takes the join).
     Draining,
+    /// Too many join attempts from this address (`http.join_attempts_per_minute`): HTTP 429
+    /// with `Retry-After`.
+    JoinRateLimited,
+    /// `?resume=` names no participation waiting to be resumed (the grace period ran out, or
+    /// it never existed): join afresh without `resume`.
+    ResumeExpired,
     // Messages.
     MalformedMessage,
     UnknownMessageType,
@@ -282,6 +296,11 @@ impl ClientMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Joined(Box<Joined>),
+    /// The first message on a socket opened with `?resume=`: the same participation goes on.
+    /// Every message the server had for you while you were away follows, in order.
+    Resumed {
+        participant_id: String,
+    },
     /// The answer to the client's publisher offer.
     Answer {
         sdp: String,

@@ -48,6 +48,8 @@ impl Server {
             .env("VEZA_DATA_DIR", data_dir.path())
             .env("VEZA_MEDIA__WORKERS", "1")
             .env("VEZA_SESSIONS__MAX_PARTICIPANTS", max_participants.to_string())
+            // Every simulated musician joins from 127.0.0.1.
+            .env("VEZA_HTTP__JOIN_ATTEMPTS_PER_MINUTE", "0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,6 +1,8 @@
 //! The HTTP surface: signaling WebSocket, health probes and the reference web client.
 
+mod join_limit;
 pub(crate) mod rest;
+pub(crate) mod resume;
 pub(crate) mod sessions;
 mod ws;
 
@@ -35,7 +37,14 @@ pub struct AppState {
     pub exports: Arc<crate::export::jobs::Exports>,
     /// Signed event notifications to the Veza API (src/webhook.rs).
     pub webhooks: crate::webhook::Webhooks,
+    /// Participations a reconnect may pick back up (src/http/resume.rs).
+    pub resumable: Arc<resume::Resumable>,
+    /// Join attempts per client address (src/http/join_limit.rs).
+    pub joins: Arc<join_limit::JoinLimiter>,
 }
+
+pub use join_limit::JoinLimiter;
+pub use resume::Resumable;
 
 pub fn router(state: AppState) -> Router {
     let static_files = ServeDir::new(&state.config.http.static_dir);
@@ -89,4 +98,10 @@ pub fn request_token(headers: &axum::http::HeaderMap, query: &TokenQuery) -> Res
 /// An error as a JSON body `{code, message}`.
 pub fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     (status, Json(HttpError { code, message: message.into() })).into_response()
+}
+
+/// The tracing span of one HTTP request: method and path only. The query string is left out
+/// because it carries `access_token` and `resume` secrets, which must never reach the logs.
+pub fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
 }

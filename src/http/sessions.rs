@@ -115,6 +115,7 @@ fn admin_error(e: AdminError) -> Response {
     let status = match e {
         AdminError::SessionNotFound(_) | AdminError::ParticipantNotFound(_) => StatusCode::NOT_FOUND,
         AdminError::SessionExists(_) => StatusCode::CONFLICT,
+        AdminError::ServerFull(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error_response(status, e.code(), e.to_string())
 }

@@ -114,6 +114,7 @@ impl MediaEngine {
     /// Binds every worker's socket (so a busy port fails start-up) and starts the threads.
     pub fn start(config: &Config) -> std::io::Result<MediaEngine> {
         let mut workers = Vec::new();
+        let quota = std::sync::Arc::new(crate::session::SessionQuota::new(config.sessions.max_sessions));
         for n in 0..config.worker_count() {
             let port = if config.media.udp_port == 0 { 0 } else { config.media.udp_port + n as u16 };
             let socket = UdpSocket::bind(SocketAddr::new(config.media.bind_ip, port))?;
@@ -121,7 +122,7 @@ impl MediaEngine {
             let local = socket.local_addr()?;
             let announce = announce_addresses(config, local);
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-            worker::spawn(n, config.clone(), socket, announce, rx)?;
+            worker::spawn(n, config.clone(), socket, announce, rx, quota.clone())?;
             tracing::info!(worker = n, %local, "media worker listening");
             workers.push(WorkerHandle { commands: tx, local });
         }

@@ -35,6 +35,7 @@ pub fn spawn(
     socket: std::net::UdpSocket,
     announce: Vec<SocketAddr>,
     commands: mpsc::Receiver<Command>,
+    quota: std::sync::Arc<crate::session::SessionQuota>,
 ) -> std::io::Result<()> {
     socket.set_nonblocking(true)?;
     let local = socket.local_addr()?;
@@ -46,7 +47,9 @@ pub fn spawn(
         };
         runtime.block_on(async move {
             match UdpSocket::from_std(socket) {
-                Ok(socket) => run(Host::new(config, factory, local), socket, commands, WorkerMetrics::new(n)).await,
+                Ok(socket) => {
+                    run(Host::new(config, factory, local, quota), socket, commands, WorkerMetrics::new(n)).await
+                }
                 Err(e) => warn!("media worker {n}: socket: {e}"),
             }
         });

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -25,6 +26,7 @@ use veza_signaling::{
 };
 
 use super::participant::{Participant, PublishedTrack, SubscriberNegotiation};
+use super::quota::SessionQuota;
 use crate::auth::Identity;
 use crate::chat::{self, ChatRoom, RateLimiter};
 use crate::config::Config;
@@ -45,6 +47,8 @@ pub struct JoinRequest {
     pub participant_id: String,
     pub identity: Identity,
     pub outbound: mpsc::Sender<ServerMessage>,
+    /// Handed to the client in `joined` for resuming after a dropped socket (src/http/resume.rs).
+    pub resume_token: String,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -125,10 +129,12 @@ pub struct Host {
     conn_stats: crate::conn_stats::ConnStats,
     /// Where session, participant, track and recording events go (src/webhook.rs).
     webhooks: crate::webhook::Webhooks,
+    /// The node-wide session cap, shared with the other workers.
+    quota: Arc<SessionQuota>,
 }
 
 impl Host {
-    pub fn new(config: Config, factory: PeerFactory, local: SocketAddr) -> Host {
+    pub fn new(config: Config, factory: PeerFactory, local: SocketAddr, quota: Arc<SessionQuota>) -> Host {
         Host {
             config,
             factory,
@@ -146,6 +152,7 @@ impl Host {
             chat_refused: 0,
             conn_stats: Default::default(),
             webhooks: Default::default(),
+            quota,
         }
     }
 
@@ -228,7 +235,8 @@ impl Host {
             });
         }
         if !self.sessions.contains_key(&ident.session) {
-            self.create_session(&ident.session, admin::SessionSettings::default());
+            self.create_session(&ident.session, admin::SessionSettings::default())
+                .map_err(|e| JoinError { code: e.code(), message: e.to_string() })?;
         }
         let default_max = self.config.sessions.max_participants;
         let Some(session) = self.sessions.get_mut(&ident.session) else {
@@ -285,6 +293,8 @@ impl Host {
                 fmtp: self.factory.opus_fmtp.clone(),
             },
             chat_history,
+            resume_token: req.resume_token,
+            resume_grace_ms: self.config.sessions.reconnect_grace.as_millis() as u64,
         };
         self.send(key, ServerMessage::Joined(Box::new(joined)));
         if let Some(tap) = &self.participants[key].recording {

@@ -4,5 +4,7 @@
 
 mod host;
 mod participant;
+mod quota;
 
 pub use host::{AdminError, Host, HostStats, JoinError, JoinRequest, NewSession, ParticipantView, SessionView};
+pub use quota::SessionQuota;

@@ -148,6 +148,11 @@ pub struct SimParticipant {
     audio: Option<Audio>,
     /// The server's answers to publisher offers, kept for renegotiations ([`publish_audio`](Self::publish_audio)).
     answers: Option<mpsc::UnboundedReceiver<String>>,
+    /// Where a (resumed) signaling socket's reader hands answers and offers.
+    answers_tx: mpsc::UnboundedSender<String>,
+    offers_tx: mpsc::UnboundedSender<String>,
+    /// The task reading the current signaling socket.
+    reader: Option<JoinHandle<()>>,
     torn_down: bool,
 }
 
@@ -180,7 +185,7 @@ impl SimParticipant {
         let subscriber_pc = Arc::new(PcSlot::default());
         let (answers_tx, mut answers_rx) = mpsc::unbounded_channel();
         let (offers_tx, offers_rx) = mpsc::unbounded_channel();
-        shared.adopt(tokio::spawn(signal::read_loop(shared.clone(), rx, answers_tx, offers_tx)));
+        let reader = tokio::spawn(signal::read_loop(shared.clone(), rx, answers_tx.clone(), offers_tx.clone()));
         let relay = if opts.relay_only { turn_servers(&joined)? } else { Vec::new() };
         let fmtp = if joined.codec.fmtp.is_empty() { OPUS_FMTP.to_owned() } else { joined.codec.fmtp.clone() };
         shared.adopt(tokio::spawn(signal::negotiate_subscriber(
@@ -204,6 +209,9 @@ impl SimParticipant {
             chat_dc: None,
             audio: None,
             answers: None,
+            answers_tx,
+            offers_tx,
+            reader: Some(reader),
             torn_down: false,
         };
         match sim.negotiate_publisher(&mut answers_rx, &relay).await {
@@ -595,6 +603,45 @@ impl SimParticipant {
         lock(&self.shared.errors).clone()
     }
 
+    // ---------------------------------------------------------------- signaling drops
+
+    /// Loses the signaling socket abruptly (no close frame, no `leave`), the way a Wi-Fi
+    /// hiccup or a dead proxy does, while media goes on.
+    pub async fn drop_signaling(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+            let _ = reader.await; // releases the socket's read half
+        }
+        drop(self.signal.lock().await.take());
+    }
+
+    /// Opens a new signaling socket that resumes this participation with the resume token
+    /// from `joined`; returns once the server said `resumed`. Messages the server queued
+    /// meanwhile arrive next and are handled as usual (offers answered, events recorded).
+    pub async fn resume_signaling(&mut self, ws_url: &str, token: &str) -> anyhow::Result<()> {
+        self.drop_signaling().await;
+        let timeout = self.opts.io_timeout;
+        let url = format!("{ws_url}?resume={}", self.joined.resume_token);
+        let mut client = within(timeout, || format!("a resumed signaling connection to {ws_url}"), async {
+            Client::connect(&url, token).await.with_context(|| format!("resuming at {ws_url}"))
+        })
+        .await?;
+        let first = within(timeout, || "the resumed message".to_owned(), async {
+            client.recv().await.context("reading the resumed message")
+        })
+        .await?;
+        match first {
+            Some(ServerMessage::Resumed { participant_id }) if participant_id == self.shared.id => {}
+            Some(ServerMessage::Error { code, message }) => return Err(ServerRefused { code, message }.into()),
+            other => anyhow::bail!("expected resumed as the first message, got {other:?}"),
+        }
+        let (tx, rx) = client.split();
+        *self.signal.lock().await = Some(tx);
+        let (answers, offers) = (self.answers_tx.clone(), self.offers_tx.clone());
+        self.reader = Some(tokio::spawn(signal::read_loop(self.shared.clone(), rx, answers, offers)));
+        Ok(())
+    }
+
     // ---------------------------------------------------------------- ending
 
     /// Leaves properly: sends `leave`, waits for the server to close the socket, then closes
@@ -627,6 +674,10 @@ impl SimParticipant {
     async fn teardown(&mut self, polite: bool) {
         self.torn_down = true;
         let mut tasks = self.shared.abort_tasks();
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+            tasks.push(reader);
+        }
         if let Some(audio) = &self.audio
             && let Some(task) = lock(&audio.task).take()
         {
@@ -663,6 +714,9 @@ impl Drop for SimParticipant {
             return;
         }
         drop(self.shared.abort_tasks());
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+        }
         if let Some(audio) = &self.audio
             && let Some(task) = lock(&audio.task).take()
         {

@@ -17,6 +17,8 @@ pub fn test_config() -> Config {
     c.media.udp_port = 0;
     c.media.workers = 2;
     c.auth.secret = Some(SECRET.to_owned());
+    // Every test client joins from 127.0.0.1; tests/limits.rs turns the limit back on.
+    c.http.join_attempts_per_minute = 0;
     c.data_dir = std::env::temp_dir().join(format!("veza-test-{}", std::process::id()));
     c
 }
@@ -49,6 +51,12 @@ pub fn token_with(session: &str, user: &str, grants: Grants) -> String {
     let auth = veza_sfu::config::AuthConfig { secret: Some(SECRET.to_owned()), ..Default::default() };
     let identity = Identity { user: user.into(), session: session.into(), name: format!("{user} name"), grants };
     Minter::from_config(&auth).unwrap().mint(&identity, Duration::from_secs(600)).unwrap()
+}
+
+/// A service token, as the Veza API mints for itself: `admin` grant, no session.
+pub fn admin_token() -> String {
+    let auth = veza_sfu::config::AuthConfig { secret: Some(SECRET.to_owned()), ..Default::default() };
+    Minter::from_config(&auth).unwrap().mint_admin("veza-api", Duration::from_secs(600)).unwrap()
 }
 
 /// Waits for a condition on the server's own counters, re-checking as the server works.

@@ -63,6 +63,8 @@ pub enum AdminError {
     SessionExists(String),
     #[error("participant {0:?} not found in this session")]
     ParticipantNotFound(String),
+    #[error("this server already hosts its maximum of {0} sessions (sessions.max_sessions)")]
+    ServerFull(usize),
 }
 
 impl AdminError {
@@ -71,24 +73,31 @@ impl AdminError {
             AdminError::SessionNotFound(_) => ErrorCode::SessionNotFound,
             AdminError::SessionExists(_) => ErrorCode::SessionExists,
             AdminError::ParticipantNotFound(_) => ErrorCode::ParticipantNotFound,
+            AdminError::ServerFull(_) => ErrorCode::ServerFull,
         }
     }
 }
 
 impl Host {
-    /// Adds an empty session and announces it (webhook `session_started`).
-    pub(super) fn create_session(&mut self, id: &str, mut settings: SessionSettings) {
+    /// Adds an empty session and announces it (webhook `session_started`), if the node has
+    /// room for another one.
+    pub(super) fn create_session(&mut self, id: &str, mut settings: SessionSettings) -> Result<(), AdminError> {
+        if !self.quota.try_acquire() {
+            return Err(AdminError::ServerFull(self.quota.max()));
+        }
         settings.created_at_ms = unix_ms();
         let session =
             Session { members: Vec::new(), chat: ChatRoom::new(self.config.chat.history), recording: None, settings };
         self.sessions.insert(id.to_owned(), session);
         info!(session = %id, "session started");
         self.webhooks.emit(Event::new(EventKind::SessionStarted, id));
+        Ok(())
     }
 
     /// Removes a session's state (its members must be gone already) and announces its end.
     pub(super) fn end_session_state(&mut self, id: &str, reason: &str) {
         if self.sessions.remove(id).is_some() {
+            self.quota.release();
             info!(session = %id, reason, "session ended");
             self.webhooks.emit(Event { reason: Some(reason.to_owned()), ..Event::new(EventKind::SessionEnded, id) });
         }
@@ -111,7 +120,7 @@ impl Host {
             auto_record: new.auto_record,
             created_at_ms: 0,
         };
-        self.create_session(&new.id, settings);
+        self.create_session(&new.id, settings)?;
         self.session_view(&new.id).ok_or(AdminError::SessionNotFound(new.id))
     }
 

@@ -70,6 +70,8 @@ export async function startServer() {
     ...inherited,
     VEZA_DATA_DIR: dataDir,
     VEZA_HTTP__STATIC_DIR: join(REPO_ROOT, 'static'),
+    // Every page of every test joins from 127.0.0.1: the per-address join limit is for the public.
+    VEZA_HTTP__JOIN_ATTEMPTS_PER_MINUTE: '0',
   };
   const child = spawn(bin, ['serve', '--dev', '--listen', '127.0.0.1:0', '--udp-port', '0'], {
     cwd: REPO_ROOT,
