@@ -227,7 +227,8 @@ async fn serve_front(state: Arc<State>, front: Arc<UdpSocket>, server: SocketAdd
             None => {
                 // The server sees this socket as the client: bind it where the server can reply.
                 let bind = SocketAddr::new(server.ip(), 0);
-                let Ok(socket) = UdpSocket::bind(bind).await else { break };
+                // Without a socket this datagram is lost; the client's next one tries again.
+                let Ok(socket) = UdpSocket::bind(bind).await else { continue };
                 let socket = Arc::new(socket);
                 clients.insert(client, socket.clone());
                 replies.push(AbortOnDrop(tokio::spawn(serve_replies(
