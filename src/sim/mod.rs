@@ -10,8 +10,9 @@
 //!
 //! Candidates travel inside the SDP (the sim waits for ICE gathering before offering or
 //! answering; [`SimOptions::hide_candidates`] leaves them out) and every socket is bound to
-//! [`SimOptions::local_ip`] (127.0.0.1), so a sim only reaches a server on the same host; the ICE servers in `joined` are ignored unless [`SimOptions::relay_only`] is set (then
-//! the sim reaches the server through their TURN relays alone).
+//! [`SimOptions::local_ip`] (127.0.0.1), so a sim only reaches a server on the same host; the
+//! ICE servers in `joined` are ignored unless [`SimOptions::relay_only`] is set (then the sim
+//! reaches the server through their TURN relays alone).
 //!
 //! Instead of real Opus the sim sends self-checking payloads (see [`payload`]): receivers verify
 //! every byte, spot loss, duplication and misrouting from the embedded sequence number and
