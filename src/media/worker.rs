@@ -38,7 +38,12 @@ pub fn spawn(
     quota: std::sync::Arc<crate::session::SessionQuota>,
 ) -> std::io::Result<()> {
     socket.set_nonblocking(true)?;
-    let local = socket.local_addr()?;
+    // rtc's ICE agent takes a datagram only if it arrived on a local candidate's address, and
+    // the candidates are the announced addresses (public ones behind a 1:1 NAT, interface ones
+    // when bound to 0.0.0.0), not the bound one. Every datagram reaches the one socket they all
+    // map to, so tag it with the bound address when that is announced, else the first announced.
+    let bound = socket.local_addr()?;
+    let local = announce.iter().copied().find(|a| *a == bound).or_else(|| announce.first().copied()).unwrap_or(bound);
     let factory = PeerFactory { announce, opus_fmtp: config.opus_fmtp(), media: config.media.clone() };
     std::thread::Builder::new().name(format!("veza-media-{n}")).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

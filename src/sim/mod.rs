@@ -9,9 +9,10 @@
 //!   creates the connection on the first offer and answers each offer in turn.
 //!
 //! Candidates travel inside the SDP (the sim waits for ICE gathering before offering or
-//! answering) and every socket is bound to 127.0.0.1, so a sim only reaches a server on the same
-//! host; the ICE servers in `joined` are ignored unless [`SimOptions::relay_only`] is set (then
-//! the sim reaches the server through their TURN relays alone).
+//! answering; [`SimOptions::hide_candidates`] leaves them out) and every socket is bound to
+//! [`SimOptions::local_ip`] (127.0.0.1), so a sim only reaches a server on the same host; the
+//! ICE servers in `joined` are ignored unless [`SimOptions::relay_only`] is set (then the sim
+//! reaches the server through their TURN relays alone).
 //!
 //! Instead of real Opus the sim sends self-checking payloads (see [`payload`]): receivers verify
 //! every byte, spot loss, duplication and misrouting from the embedded sequence number and
@@ -27,6 +28,7 @@ pub mod stats;
 pub mod tone;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +47,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::peer_connection::{PeerConnection, RTCSessionDescription};
 
 pub use peer::{OPUS_CLOCK_RATE, OPUS_FMTP, OPUS_PAYLOAD_TYPE};
-pub use stats::{OfferedTrack, RemoteTrack, StreamStats};
+pub use stats::{OfferedTrack, ReceivedRtp, RemoteTrack, StreamStats};
 
 use signal::{Frame, PcSlot, SignalSender};
 use state::{ChannelState, Shared, lock, within};
@@ -77,6 +79,24 @@ pub struct SimOptions {
     /// Publish real Opus instead of self-checking payloads: a stereo sine tone of this many Hz
     /// in 10 ms frames (see [`tone`]); receivers then count those packets as corrupt.
     pub tone_hz: Option<f32>,
+    /// More notes for the tone: with [`tone_hz`](Self::tone_hz) the sim plays it and then each of
+    /// these for 250 ms ([`tone::NOTE_FRAMES`]) in turn, over and over. Empty: a steady tone.
+    pub tone_melody: Vec<f32>,
+    /// Packet loss in percent the tone's Opus encoder expects: 0 leaves in-band FEC negotiated
+    /// but empty; 10 makes every packet of a melody carry the previous frame again (not those
+    /// of a steady tone: see [`tone::Tone::new`]).
+    pub tone_loss_percent: u8,
+    /// Address the peer connections bind to and gather their host candidates on. Any address
+    /// of 127.0.0.0/8 works on Linux without configuration, which lets a test tell sims apart
+    /// by source address (e.g. to put one of them on a lossy path).
+    pub local_ip: IpAddr,
+    /// Leave every ICE candidate out of the sim's offers and answers: the server then learns the
+    /// sim's address only from its connectivity checks (peer-reflexive), so media takes exactly
+    /// the path those checks take, e.g. through a relay in front of the server's announced address.
+    pub hide_candidates: bool,
+    /// Keep every received RTP packet for [`SimParticipant::rtp_packets`] (to decode real Opus,
+    /// say). Unbounded: for short runs only.
+    pub keep_rtp: bool,
 }
 
 impl Default for SimOptions {
@@ -88,6 +108,11 @@ impl Default for SimOptions {
             io_timeout: Duration::from_secs(10),
             relay_only: false,
             tone_hz: None,
+            tone_melody: Vec::new(),
+            tone_loss_percent: 0,
+            local_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            hide_candidates: false,
+            keep_rtp: false,
         }
     }
 }
@@ -139,6 +164,7 @@ struct SenderTask {
 pub struct SimParticipant {
     joined: Joined,
     opts: SimOptions,
+    net: peer::Network,
     shared: Arc<Shared>,
     runtime: Handle,
     signal: Arc<SignalSender>,
@@ -179,14 +205,18 @@ impl SimParticipant {
             None => anyhow::bail!("server closed the socket before joined"),
         };
 
-        let shared = Arc::new(Shared::new(joined.participant.id.clone()));
+        let shared = Arc::new(Shared::new(joined.participant.id.clone(), opts.keep_rtp));
         let (tx, rx) = client.split();
         let signal = Arc::new(SignalSender::new(Some(tx)));
         let subscriber_pc = Arc::new(PcSlot::default());
         let (answers_tx, mut answers_rx) = mpsc::unbounded_channel();
         let (offers_tx, offers_rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(signal::read_loop(shared.clone(), rx, answers_tx.clone(), offers_tx.clone()));
-        let relay = if opts.relay_only { turn_servers(&joined)? } else { Vec::new() };
+        let net = peer::Network {
+            relay: if opts.relay_only { turn_servers(&joined)? } else { Vec::new() },
+            local_ip: opts.local_ip,
+            hide_candidates: opts.hide_candidates,
+        };
         let fmtp = if joined.codec.fmtp.is_empty() { OPUS_FMTP.to_owned() } else { joined.codec.fmtp.clone() };
         shared.adopt(tokio::spawn(signal::negotiate_subscriber(
             shared.clone(),
@@ -194,13 +224,14 @@ impl SimParticipant {
             subscriber_pc.clone(),
             offers_rx,
             fmtp,
-            relay.clone(),
+            net.clone(),
             timeout,
         )));
 
         let mut sim = SimParticipant {
             joined,
             opts,
+            net,
             shared,
             runtime: Handle::current(),
             signal,
@@ -214,7 +245,7 @@ impl SimParticipant {
             reader: Some(reader),
             torn_down: false,
         };
-        match sim.negotiate_publisher(&mut answers_rx, &relay).await {
+        match sim.negotiate_publisher(&mut answers_rx).await {
             Ok(()) => {
                 sim.answers = Some(answers_rx);
                 Ok(sim)
@@ -227,13 +258,9 @@ impl SimParticipant {
     }
 
     /// Creates the publisher connection, offers it and applies the server's answer.
-    async fn negotiate_publisher(
-        &mut self,
-        answers: &mut mpsc::UnboundedReceiver<String>,
-        relay: &[IceServer],
-    ) -> anyhow::Result<()> {
+    async fn negotiate_publisher(&mut self, answers: &mut mpsc::UnboundedReceiver<String>) -> anyhow::Result<()> {
         let shared = self.shared.clone();
-        let pc = peer::new_peer_connection(shared.clone(), PcTarget::Publisher, OPUS_FMTP, relay).await?;
+        let pc = peer::new_peer_connection(shared.clone(), PcTarget::Publisher, OPUS_FMTP, &self.net).await?;
         self.publisher_pc = Some(pc.clone());
 
         if self.opts.publish {
@@ -258,7 +285,16 @@ impl SimParticipant {
                 seq: 0,
                 rtp_seq: rand::random(),
                 rtp_ts: rand::random(),
-                tone: self.opts.tone_hz.map(tone::Tone::new).transpose().context("creating the Opus encoder")?,
+                tone: self
+                    .opts
+                    .tone_hz
+                    .map(|hz| {
+                        let notes: Vec<f32> =
+                            std::iter::once(hz).chain(self.opts.tone_melody.iter().copied()).collect();
+                        tone::Tone::new(&notes, self.opts.tone_loss_percent)
+                    })
+                    .transpose()
+                    .context("creating the Opus encoder")?,
             })),
             task: Mutex::new(None),
         });
@@ -294,7 +330,7 @@ impl SimParticipant {
         pc.set_local_description(offer).await.context("applying the publisher offer")?;
         within(timeout, || "publisher ICE gathering".to_owned(), shared.publisher.gathered()).await?;
         let local = pc.local_description().await.context("no local description after offering")?;
-        self.send(&ClientMessage::Offer { sdp: local.sdp }).await?;
+        self.send(&ClientMessage::Offer { sdp: self.net.outgoing_sdp(local.sdp) }).await?;
 
         let answer = within(timeout, || "the publisher answer".to_owned(), async {
             tokio::select! {
@@ -410,6 +446,17 @@ impl SimParticipant {
         }
     }
 
+    /// Stops sending and waits until the sender task has ended: afterwards [`sent_packets`](Self::sent_packets)
+    /// is final (until publishing starts again).
+    pub async fn finish_publishing(&self) {
+        self.stop_publishing();
+        let task = self.audio.as_ref().and_then(|audio| lock(&audio.task).take());
+        if let Some(task) = task {
+            // The task exits by itself after at most one packet; a panic in it is not ours to report.
+            let _ = task.handle.await;
+        }
+    }
+
     /// Whether a sender task is running and has not been told to stop.
     pub fn is_publishing(&self) -> bool {
         self.audio.as_ref().is_some_and(|a| {
@@ -438,6 +485,12 @@ impl SimParticipant {
     /// What this sim received so far from one participant.
     pub fn received_from(&self, source: &str) -> Option<StreamStats> {
         lock(&self.shared.received).get(source).map(|s| s.stats.clone())
+    }
+
+    /// Every RTP packet received from participant `source`, in arrival order. Empty unless
+    /// [`SimOptions::keep_rtp`] is set.
+    pub fn rtp_packets(&self, source: &str) -> Vec<ReceivedRtp> {
+        self.shared.kept_rtp.as_ref().and_then(|kept| lock(kept).get(source).cloned()).unwrap_or_default()
     }
 
     /// Every remote track the subscriber connection has delivered, in order of first packet.

@@ -1,6 +1,7 @@
 //! WebRTC plumbing of a simulated musician: loopback-only peer connections, the Opus track it
 //! publishes, and the tasks that drain remote tracks and data channels into [`Shared`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rtc::ice::mdns::MulticastDnsMode;
@@ -38,15 +39,38 @@ fn opus_codec(fmtp: &str) -> RTCRtpCodec {
     }
 }
 
-/// A peer connection that only uses 127.0.0.1 (host candidates on loopback, mDNS off, no ICE
-/// servers), knows only Opus with `fmtp`, and reports to `shared` as `role`. With `relay`
+/// Where a sim's peer connections live on the network (from [`super::SimOptions`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    /// TURN servers to reach the server through exclusively; empty: host candidates only.
+    pub(crate) relay: Vec<IceServer>,
+    pub(crate) local_ip: IpAddr,
+    pub(crate) hide_candidates: bool,
+}
+
+impl Network {
+    /// The SDP to send for `sdp`: without candidate lines when candidates are hidden.
+    pub(crate) fn outgoing_sdp(&self, sdp: String) -> String {
+        if !self.hide_candidates {
+            return sdp;
+        }
+        // SDP lines end in CRLF; keep that for every line that stays.
+        sdp.split_inclusive('\n')
+            .filter(|line| !line.starts_with("a=candidate:") && !line.starts_with("a=end-of-candidates"))
+            .collect()
+    }
+}
+
+/// A peer connection on `net.local_ip` alone (host candidates there, mDNS off, no ICE
+/// servers), knows only Opus with `fmtp`, and reports to `shared` as `role`. With relay
 /// servers it gathers relayed candidates only (ICE transport policy `relay`), through them.
 pub(crate) async fn new_peer_connection(
     shared: Arc<Shared>,
     role: PcTarget,
     fmtp: &str,
-    relay: &[IceServer],
+    net: &Network,
 ) -> anyhow::Result<Arc<dyn PeerConnection>> {
+    let relay = &net.relay;
     let mut media = MediaEngine::default();
     media.register_codec(
         RTCRtpCodecParameters { rtp_codec: opus_codec(fmtp), payload_type: OPUS_PAYLOAD_TYPE },
@@ -75,7 +99,7 @@ pub(crate) async fn new_peer_connection(
         .with_setting_engine(settings)
         .with_interceptor_registry(registry)
         .with_handler(Arc::new(Callbacks { role, shared }))
-        .with_udp_addrs(vec!["127.0.0.1:0"])
+        .with_udp_addrs(vec![std::net::SocketAddr::new(net.local_ip, 0)])
         .build()
         .await?;
     Ok(Arc::new(pc))
@@ -144,7 +168,10 @@ async fn consume_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
     shared.track_opened(&source, &track_id);
     while let Some(event) = track.poll().await {
         match event {
-            TrackRemoteEvent::OnRtpPacket(packet) => shared.record_rtp(&source, tag, &packet.payload),
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                shared.keep_rtp(&source, &packet);
+                shared.record_rtp(&source, tag, &packet.payload);
+            }
             TrackRemoteEvent::OnEnded => break,
             _ => {}
         }

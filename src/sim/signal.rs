@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 use veza_signaling::client::{ClientReceiver, ClientSender};
-use veza_signaling::{ClientError, ClientMessage, IceServer, PcTarget, ServerMessage};
+use veza_signaling::{ClientError, ClientMessage, PcTarget, ServerMessage};
 use webrtc::peer_connection::{PeerConnection, RTCSessionDescription};
 
 use super::peer;
@@ -77,12 +77,12 @@ pub(crate) async fn negotiate_subscriber(
     slot: Arc<PcSlot>,
     mut offers: mpsc::UnboundedReceiver<String>,
     fmtp: String,
-    relay: Vec<IceServer>,
+    net: peer::Network,
     timeout: Duration,
 ) {
     while let Some(sdp) = offers.recv().await {
         let offered = offered_tracks(&sdp);
-        match answer_offer(&shared, &tx, &slot, sdp, &fmtp, &relay, timeout).await {
+        match answer_offer(&shared, &tx, &slot, sdp, &fmtp, &net, timeout).await {
             Ok(()) => {
                 shared.set_offered(offered);
                 shared.negotiations.send_modify(|n| *n += 1);
@@ -98,14 +98,14 @@ async fn answer_offer(
     slot: &PcSlot,
     sdp: String,
     fmtp: &str,
-    relay: &[IceServer],
+    net: &peer::Network,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let existing = lock(slot).clone();
     let pc = match existing {
         Some(pc) => pc,
         None => {
-            let pc = peer::new_peer_connection(shared.clone(), PcTarget::Subscriber, fmtp, relay).await?;
+            let pc = peer::new_peer_connection(shared.clone(), PcTarget::Subscriber, fmtp, net).await?;
             *lock(slot) = Some(pc.clone());
             pc
         }
@@ -118,5 +118,5 @@ async fn answer_offer(
     // first negotiation, which gathers once for good).
     within(timeout, || "subscriber ICE gathering".to_owned(), shared.subscriber.gathered()).await?;
     let local = pc.local_description().await.context("no local description after answering")?;
-    send(tx, Frame::Message(&ClientMessage::Answer { sdp: local.sdp }), timeout).await
+    send(tx, Frame::Message(&ClientMessage::Answer { sdp: net.outgoing_sdp(local.sdp) }), timeout).await
 }

@@ -14,7 +14,7 @@ use webrtc::peer_connection::{RTCIceGatheringState, RTCPeerConnectionState};
 
 use super::ServerRefused;
 use super::payload;
-use super::stats::{OfferedTrack, RemoteTrack, SourceState, StreamStats};
+use super::stats::{OfferedTrack, ReceivedRtp, RemoteTrack, SourceState, StreamStats};
 
 /// Locks a std mutex, ignoring poisoning: the data is plain records, still usable after a panic.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,6 +130,8 @@ pub(crate) struct Shared {
 
     /// Receive state per source participant id.
     pub(crate) received: Mutex<HashMap<String, SourceState>>,
+    /// Every RTP packet per source participant id, in arrival order; `None` unless asked for.
+    pub(crate) kept_rtp: Option<Mutex<HashMap<String, Vec<ReceivedRtp>>>>,
     pub(crate) remote_tracks: Mutex<Vec<RemoteTrack>>,
     /// Tracks the latest applied subscriber offer sends.
     pub(crate) offered: Mutex<Vec<OfferedTrack>>,
@@ -155,7 +157,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(id: String) -> Self {
+    pub(crate) fn new(id: String, keep_rtp: bool) -> Self {
         Shared {
             id,
             events: Mutex::default(),
@@ -165,6 +167,7 @@ impl Shared {
             chat_changed: Changes::new(),
             chat_channel: watch::Sender::new(ChannelState::Connecting),
             received: Mutex::default(),
+            kept_rtp: keep_rtp.then(Mutex::default),
             remote_tracks: Mutex::default(),
             offered: Mutex::default(),
             media_changed: Changes::new(),
@@ -267,6 +270,18 @@ impl Shared {
             }
         }
         self.media_changed.bump();
+    }
+
+    /// Keeps `packet` from `source`, if packets are kept (see `SimOptions::keep_rtp`). Called
+    /// before `record_rtp`, whose bump then wakes anyone waiting for packets.
+    pub(crate) fn keep_rtp(&self, source: &str, packet: &rtc::rtp::Packet) {
+        if let Some(kept) = &self.kept_rtp {
+            lock(kept).entry(source.to_owned()).or_default().push(ReceivedRtp {
+                sequence_number: packet.header.sequence_number,
+                timestamp: packet.header.timestamp,
+                payload: packet.payload.clone(),
+            });
+        }
     }
 
     /// Accounts one RTP payload from `source` (whose stream tag is `tag`).

@@ -93,6 +93,15 @@ pub fn percentile(samples: &[u64], p: f64) -> Option<u64> {
     sorted.get(rank).copied()
 }
 
+/// One received RTP packet as the subscriber connection delivered it (decrypted), kept when
+/// [`super::SimOptions::keep_rtp`] is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedRtp {
+    pub sequence_number: u16,
+    pub timestamp: u32,
+    pub payload: bytes::Bytes,
+}
+
 /// A remote track the subscriber connection delivered (it shows up with its first packet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteTrack {

@@ -2,6 +2,8 @@
 //! tokens signed the way the Go API signs them.
 #![allow(dead_code)] // each test binary uses a different part of it
 
+pub mod relay;
+
 use std::time::Duration;
 
 use veza_sfu::auth::{Identity, Minter};
