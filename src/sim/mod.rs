@@ -317,7 +317,7 @@ impl SimParticipant {
             // not the one that completed at join.
             shared.publisher.gathering.send_replace(webrtc::peer_connection::RTCIceGatheringState::New);
         }
-        let options = ice_restart.then(|| rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true });
+        let options = ice_restart.then_some(rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true });
         let offer = pc.create_offer(options).await.context("creating the publisher offer")?;
         pc.set_local_description(offer).await.context("applying the publisher offer")?;
         within(timeout, || "publisher ICE gathering".to_owned(), shared.publisher.gathered()).await?;
