@@ -66,6 +66,10 @@ const veza = {
   leave: () => leave(),
   sendChat: (text) => sendChat(text),
   setMuted: (muted) => setMuted(muted),
+  // What a lost network path triggers by itself (watchIce), on demand: for tests.
+  restartIce: () => {
+    for (const role of ['publisher', 'subscriber']) if (session && pcs[role]) restartIce(session, role, pcs[role]);
+  },
   recording,
 };
 window.veza = veza;
@@ -590,6 +594,7 @@ async function onPublisherAnswer(s, m) {
     return;
   }
   await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+  s.iceRestarting.publisher = false; // a restart, if one was asked, is negotiated
 }
 
 function onSubscriberOffer(s, m) {
@@ -608,6 +613,7 @@ async function answerSubscriber(s, sdp) {
   if (s !== session) return;
   send(s, { type: 'answer', sdp: pc.localDescription.sdp });
   markSignaled(s, 'subscriber');
+  s.iceRestarting.subscriber = false; // a restart, if one was asked, is negotiated
 }
 
 function newSubscriber(s) {
