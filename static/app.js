@@ -10,6 +10,9 @@ const CHAT_LABEL = 'chat';
 const PING_INTERVAL_MS = 2000;
 const STATS_INTERVAL_MS = 500;
 const STATUS_LINES = 8;
+// ICE "disconnected" often heals by itself (a lost burst); lasting this long, the path is gone
+// (a network change) and only an ICE restart finds a new one before the server gives up.
+const ICE_RESTART_AFTER_DISCONNECTED_MS = 2000;
 
 // Music, not voice: every browser "voice" filter would damage an instrument's sound.
 const MIC_CONSTRAINTS = {
@@ -63,6 +66,10 @@ const veza = {
   leave: () => leave(),
   sendChat: (text) => sendChat(text),
   setMuted: (muted) => setMuted(muted),
+  // What a lost network path triggers by itself (watchIce), on demand: for tests.
+  restartIce: () => {
+    for (const role of ['publisher', 'subscriber']) if (session && pcs[role]) restartIce(session, role, pcs[role]);
+  },
   recording,
 };
 window.veza = veza;
@@ -101,6 +108,9 @@ function newSession(token) {
     sentPrev: null, // last outbound-rtp {packetsSent, timestamp}, for the packet time
     timers: [],
     statsBusy: false,
+    // Per connection: a pending "still disconnected?" timer, and whether a restart is under way.
+    iceWatch: { publisher: null, subscriber: null },
+    iceRestarting: { publisher: false, subscriber: false },
   };
 }
 
@@ -277,6 +287,7 @@ function teardown(s) {
   if (session !== s) return;
   session = null;
   s.timers.forEach(clearInterval);
+  Object.values(s.iceWatch).forEach(clearTimeout);
   try {
     if (s.ws.readyState <= WebSocket.OPEN) s.ws.close(1000, 'bye');
   } catch { /* already closing */ }
@@ -485,13 +496,60 @@ function newPeerConnection(s, role) {
       showStatus(`The ${role} connection failed.`, 'error');
     }
     state[role] = { ice: pc.iceConnectionState, connection };
+    watchIce(s, role, pc);
     renderHeader();
   };
   pc.oniceconnectionstatechange = onState;
   pc.onconnectionstatechange = onState;
+  pc.onsignalingstatechange = onState; // a restart put off by an outstanding offer
   pcs[role] = pc;
   onState();
   return pc;
+}
+
+/**
+ * Restarts ICE when a connection's path is gone ("failed", or "disconnected" for a while): a new
+ * network (Wi-Fi to cellular, a new address) then keeps the session. One restart at a time per
+ * connection, until it connects again.
+ */
+function watchIce(s, role, pc) {
+  const ice = pc.iceConnectionState;
+  if (ice === 'connected' || ice === 'completed') s.iceRestarting[role] = false;
+  if (ice !== 'disconnected') {
+    clearTimeout(s.iceWatch[role]);
+    s.iceWatch[role] = null;
+  }
+  if (ice === 'failed') restartIce(s, role, pc);
+  else if (ice === 'disconnected' && !s.iceWatch[role]) {
+    s.iceWatch[role] = setTimeout(() => {
+      s.iceWatch[role] = null;
+      if (pcs[role] === pc && pc.iceConnectionState === 'disconnected') restartIce(s, role, pc);
+    }, ICE_RESTART_AFTER_DISCONNECTED_MS);
+  }
+}
+
+async function restartIce(s, role, pc) {
+  if (s !== session || s.iceRestarting[role]) return;
+  s.iceRestarting[role] = true;
+  showStatus(`Network change? Reconnecting the ${role} connection.`);
+  if (role === 'subscriber') {
+    send(s, { type: 'ice_restart' }); // the server offers with new credentials; answered as usual
+    return;
+  }
+  // We offer the publisher connection: a restart is an offer with new credentials. An offer
+  // already outstanding gets its answer first; back in "stable", onState looks again.
+  if (pc.signalingState !== 'stable') {
+    s.iceRestarting[role] = false;
+    return;
+  }
+  try {
+    const offer = await pc.createOffer({ iceRestart: true });
+    await pc.setLocalDescription({ type: 'offer', sdp: preferStereoOpus(offer.sdp) });
+    if (s === session) send(s, { type: 'offer', sdp: pc.localDescription.sdp });
+  } catch (err) {
+    s.iceRestarting[role] = false;
+    reportFailure('ICE restart', err);
+  }
 }
 
 function sendCandidate(s, role, candidate) {
@@ -573,6 +631,7 @@ async function onPublisherAnswer(s, m) {
     return;
   }
   await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+  s.iceRestarting.publisher = false; // a restart, if one was asked, is negotiated
 }
 
 function onSubscriberOffer(s, m) {
@@ -591,6 +650,7 @@ async function answerSubscriber(s, sdp) {
   if (s !== session) return;
   send(s, { type: 'answer', sdp: pc.localDescription.sdp });
   markSignaled(s, 'subscriber');
+  s.iceRestarting.subscriber = false; // a restart, if one was asked, is negotiated
 }
 
 function newSubscriber(s) {

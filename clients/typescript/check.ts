@@ -3,6 +3,7 @@ import type { ClientMessage, ServerMessage } from "./protocol";
 
 const ping: ClientMessage = { type: "ping" };
 const mute: ClientMessage = { type: "mute", muted: true };
+const restart: ClientMessage = { type: "ice_restart" };
 const ended: ServerMessage = { type: "session_ended", reason: "ended by the Veza API" };
 const grants: ServerMessage = {
   type: "grants_changed",
@@ -22,4 +23,4 @@ export function describe(m: ServerMessage): string {
   }
 }
 
-export const samples = [ping, mute, ended, grants];
+export const samples = [ping, mute, restart, ended, grants];

@@ -4,7 +4,7 @@
 export const PROTOCOL_VERSION = 1;
 export const CHAT_LABEL = "chat";
 
-export type ClientMessage = { "type": "offer", sdp: string, } | { "type": "answer", sdp: string, } | { "type": "candidate", target: PcTarget, candidate: IceCandidate, } | { "type": "mute", muted: boolean, } | { "type": "ping", ts?: number, } | { "type": "leave" } | { "type": "start_recording" } | { "type": "stop_recording" };
+export type ClientMessage = { "type": "offer", sdp: string, } | { "type": "answer", sdp: string, } | { "type": "candidate", target: PcTarget, candidate: IceCandidate, } | { "type": "mute", muted: boolean, } | { "type": "ping", ts?: number, } | { "type": "leave" } | { "type": "start_recording" } | { "type": "stop_recording" } | { "type": "ice_restart" };
 
 export type ServerMessage = { "type": "joined" } & Joined | { "type": "resumed", participant_id: string, } | { "type": "answer", sdp: string, } | { "type": "offer", sdp: string, } | { "type": "participant_joined", participant: ParticipantInfo, } | { "type": "participant_left", participant_id: string, reason: LeaveReason, } | { "type": "track_published", participant_id: string, track: TrackInfo, } | { "type": "track_unpublished", participant_id: string, track_id: string, } | { "type": "track_muted", participant_id: string, track_id: string, muted: boolean, } | { "type": "pong", ts?: number, } | { "type": "error", code: ErrorCode, message: string, } | { "type": "draining", reconnect_within_ms: number, message: string, } | { "type": "recording_started", recording_id: string, } | { "type": "recording_stopped", recording_id: string, } | { "type": "session_ended", reason: string, } | { "type": "grants_changed", grants: Grants, };
 

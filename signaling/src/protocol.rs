@@ -248,11 +248,15 @@ pub enum ClientMessage {
     StartRecording,
     /// Stop the session's recording (needs the `record` grant); everyone gets `recording_stopped`.
     StopRecording,
+    /// Restart ICE on the subscriber connection (after a network change): the server sends a
+    /// new `offer` with fresh ICE credentials, to be answered as usual. The publisher
+    /// connection restarts the other way round: the client offers with `iceRestart`.
+    IceRestart,
 }
 
 /// Every `type` a client may send, for telling unknown types from malformed known ones.
 pub const CLIENT_MESSAGE_TYPES: &[&str] =
-    &["offer", "answer", "candidate", "mute", "ping", "leave", "start_recording", "stop_recording"];
+    &["offer", "answer", "candidate", "mute", "ping", "leave", "start_recording", "stop_recording", "ice_restart"];
 
 /// Why a client frame could not be understood.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -409,6 +413,7 @@ mod tests {
             ClientMessage::Leave,
             ClientMessage::StartRecording,
             ClientMessage::StopRecording,
+            ClientMessage::IceRestart,
         ];
         for m in samples {
             let json = serde_json::to_string(&m).unwrap();

@@ -96,7 +96,7 @@ impl LeanMusician {
         // Publisher connection: we offer.
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
-        let mut peer = factory(local, &config).build(Instant::now(), Role::Subscriber)?.pc;
+        let mut peer = factory(local, &config).build(Instant::now(), Role::Subscriber)?;
         let ssrc = rand::random::<u32>() | 1;
         let sender = if publish {
             let track = factory(local, &config).forwarded_track(&id, &format!("{id}-mic"), ssrc);
@@ -195,8 +195,7 @@ async fn subscriber_task(
     let Some((sdp, reply)) = offers.recv().await else { return };
     let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else { return };
     let Ok(local) = socket.local_addr() else { return };
-    let Ok(new) = factory(local, &Config::default()).build(Instant::now(), Role::Publisher) else { return };
-    let mut peer = new.pc;
+    let Ok(mut peer) = factory(local, &Config::default()).build(Instant::now(), Role::Publisher) else { return };
     if let Some(answer) = answer(&mut peer, sdp) {
         let _ = reply.send(answer);
     }

@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use rtc::peer_connection::RTCPeerConnection;
@@ -28,6 +29,9 @@ pub struct Conn {
     pub participant: ParticipantKey,
     pub role: Role,
     pub state: RTCPeerConnectionState,
+    /// Where its media (anything but STUN) was last sent: the remote end of the ICE-selected
+    /// pair. A change means ICE moved (a network change): the demultiplexer drops the old one.
+    pub media_addr: Option<SocketAddr>,
     touched: bool,
     /// The connection's own next timeout, as of the last time it was touched.
     deadline: Option<Instant>,
@@ -51,6 +55,7 @@ impl Conns {
             participant,
             role,
             state: RTCPeerConnectionState::New,
+            media_addr: None,
             touched: false,
             deadline: None,
         });

@@ -2,6 +2,8 @@
 //!
 //! Known remote addresses map straight to a connection. A datagram from a new address can only
 //! be a STUN binding request, whose USERNAME ("ourUfrag:theirUfrag") names the connection.
+//! A connection has one ufrag at a time (an ICE restart replaces it) and, once its media flows,
+//! one address (a network change moves it; the old one is forgotten).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +18,14 @@ pub struct Demux {
 }
 
 impl Demux {
-    pub fn register(&mut self, ufrag: String, conn: ConnKey) {
-        self.by_ufrag.insert(ufrag, conn);
+    /// Routes STUN naming `ufrag` to `conn` from now on, in place of the ufrag it had: after an
+    /// ICE restart the old one no longer authenticates, so it must not route either.
+    pub fn register(&mut self, ufrag: &str, conn: ConnKey) {
+        if self.by_ufrag.get(ufrag) == Some(&conn) {
+            return; // a renegotiation without restart: nothing changed
+        }
+        self.by_ufrag.retain(|_, c| *c != conn);
+        self.by_ufrag.insert(ufrag.to_owned(), conn);
     }
 
     /// Remembers where a connection's traffic will come from: the address our own STUN check
@@ -26,6 +34,13 @@ impl Demux {
     /// as a candidate.
     pub fn learn(&mut self, addr: SocketAddr, conn: ConnKey) {
         self.by_addr.entry(addr).or_insert(conn);
+    }
+
+    /// The connection's media now goes to `addr` (ICE selected it): forget every other address
+    /// the connection was reached at, such as the one it had before a network change or a
+    /// candidate that lost. Should one of them speak again, its STUN re-registers it by ufrag.
+    pub fn settle(&mut self, conn: ConnKey, addr: SocketAddr) {
+        self.by_addr.retain(|a, c| *c != conn || *a == addr);
     }
 
     /// Forgets everything about a connection.
@@ -107,7 +122,7 @@ mod tests {
     #[test]
     fn routes_new_address_by_ufrag_then_by_address() {
         let mut d = Demux::default();
-        d.register("abc".into(), 3);
+        d.register("abc", 3);
         let src: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert_eq!(d.route(src, b"\x80\x6f not stun"), None);
         assert_eq!(d.route(src, &binding_request(b"abc:xyz1")), Some(3));
@@ -115,6 +130,30 @@ mod tests {
         d.forget(3);
         assert_eq!(d.route(src, b"\x80\x6f rtp now"), None);
         assert_eq!((d.addresses(), d.ufrags()), (0, 0));
+    }
+
+    #[test]
+    fn an_ice_restart_moves_a_connection_to_its_new_ufrag_and_address() {
+        let mut d = Demux::default();
+        d.register("old", 1);
+        d.register("other", 2);
+        let (before, after, theirs): (SocketAddr, SocketAddr, SocketAddr) =
+            ("127.0.0.1:5000".parse().unwrap(), "127.0.0.1:6000".parse().unwrap(), "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(d.route(before, &binding_request(b"old:a")), Some(1));
+        assert_eq!(d.route(theirs, &binding_request(b"other:b")), Some(2));
+
+        d.register("new", 1);
+        assert_eq!(d.ufrags(), 2, "the old ufrag is replaced, not kept");
+        assert_eq!(d.route(after, &binding_request(b"old:c")), None, "the old ufrag routes nothing");
+        assert_eq!(d.route(after, &binding_request(b"new:c")), Some(1));
+        // Until ICE selects the new path, the old address still carries media.
+        assert_eq!(d.route(before, b"\x80\x6f rtp"), Some(1));
+
+        d.settle(1, after);
+        assert_eq!(d.route(before, b"\x80\x6f rtp"), None);
+        assert_eq!(d.route(after, b"\x80\x6f rtp"), Some(1));
+        assert_eq!(d.route(theirs, b"\x80\x6f rtp"), Some(2), "other connections keep theirs");
+        assert_eq!(d.addresses(), 2);
     }
 
     #[test]

@@ -3,8 +3,6 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
@@ -34,12 +32,6 @@ pub struct PeerFactory {
     pub announce: Vec<SocketAddr>,
     pub opus_fmtp: String,
     pub media: MediaConfig,
-}
-
-/// A fresh connection and the ICE username fragment that routes STUN to it.
-pub struct NewPeer {
-    pub pc: RTCPeerConnection,
-    pub ufrag: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +65,10 @@ impl PeerFactory {
         )
     }
 
-    pub fn build(&self, now: Instant, role: Role) -> Result<NewPeer, BuildError> {
-        let ufrag = random_token(16);
-        let pwd = random_token(32);
-
+    /// A fresh connection. Its ICE credentials are the stack's to choose (random), not pinned:
+    /// an ICE restart must change them (RFC 8839 §4.4.1.1.1) and `rtc` restarts with the pinned
+    /// ones if there are any. The host learns the ufrag from each description it sends.
+    pub fn build(&self, now: Instant, role: Role) -> Result<RTCPeerConnection, BuildError> {
         // Opus only: a music session has nothing to gain from G.722 or PCMU.
         let mut engine = MediaEngine::default();
         engine.register_codec(
@@ -96,7 +88,6 @@ impl PeerFactory {
         };
 
         let settings = SettingEngineBuilder::new()
-            .with_ice_credentials(ufrag.clone(), pwd)
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_lite(self.media.ice_lite)
             // Pace connectivity checks like browsers do (~50 ms): the 200 ms default adds
@@ -130,11 +121,6 @@ impl PeerFactory {
             pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
         }
         pc.add_local_candidate(RTCIceCandidateInit::default())?; // end of candidates
-        Ok(NewPeer { pc, ufrag })
+        Ok(pc)
     }
-}
-
-/// Random ICE-safe characters (ufrag/pwd allow [A-Za-z0-9+/]).
-fn random_token(len: usize) -> String {
-    rand::rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }

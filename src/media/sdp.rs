@@ -23,6 +23,13 @@ pub fn offers_to_send_audio(sdp: &str) -> bool {
     in_audio && sends
 }
 
+/// The ICE username fragment an SDP carries (its first `a=ice-ufrag`; with BUNDLE every section
+/// has the same one). The stack picks our ufrag, and picks a new one on every ICE restart: the
+/// description we send is where the demultiplexer learns it.
+pub fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:")).filter(|u| !u.is_empty())
+}
+
 /// Adds `a=ptime` to every audio section of an SDP we produce that lacks one. Browsers size
 /// their Opus frames from the remote description's ptime (20 ms when absent); our answer is
 /// where a publisher learns we want 10 ms frames.
@@ -97,6 +104,14 @@ fn merge_params(theirs: &str, ours: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ice_ufrag_is_the_first_one_and_never_empty() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:abcd\r\na=ice-pwd:x\r\nm=application 9\r\na=ice-ufrag:abcd\r\n";
+        assert_eq!(ice_ufrag(sdp), Some("abcd"));
+        assert_eq!(ice_ufrag("v=0\r\na=ice-ufrag:\r\n"), None);
+        assert_eq!(ice_ufrag("v=0\r\n"), None);
+    }
 
     #[test]
     fn music_fmtp_overrides_the_offerers_opus_parameters_only() {

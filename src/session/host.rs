@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
+use rtc::peer_connection::configuration::RTCOfferOptions;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -355,6 +356,7 @@ impl Host {
             ClientMessage::Mute { muted } => self.set_muted(key, muted),
             ClientMessage::Ping { ts } => self.send(key, ServerMessage::Pong { ts }),
             ClientMessage::Leave => self.leaving.push((key, LeaveReason::Left)),
+            ClientMessage::IceRestart => self.restart_subscriber_ice(key),
             // Recording control needs the disk: the signaling task handles it (src/http/ws.rs).
             ClientMessage::StartRecording | ClientMessage::StopRecording => {}
         }
@@ -391,6 +393,11 @@ impl Host {
                 // (binding responses carry no USERNAME to route them by).
                 if out.message.first().is_some_and(|b| *b < 2) {
                     self.demux.learn(dst, key);
+                } else if conn.media_addr != Some(dst) {
+                    // Media goes where ICE selected: a new address (first selection, or an
+                    // ICE restart after a network change) retires the connection's others.
+                    conn.media_addr = Some(dst);
+                    self.demux.settle(key, dst);
                 }
                 send(dst, out.message);
             }
@@ -516,9 +523,8 @@ impl Host {
         let conn = match self.participants[key].publisher {
             Some(c) => c,
             None => match self.factory.build(now, Role::Publisher) {
-                Ok(peer) => {
-                    let c = self.conns.insert(peer.pc, key, Role::Publisher);
-                    self.demux.register(peer.ufrag, c);
+                Ok(pc) => {
+                    let c = self.conns.insert(pc, key, Role::Publisher);
                     self.participants[key].publisher = Some(c);
                     c
                 }
@@ -534,6 +540,9 @@ impl Host {
         self.conns.touch(conn);
         match answer {
             Ok(Some(answer)) => {
+                // An offer with new ICE credentials restarts ICE (`rtc` does it while applying
+                // it), and our answer then carries a new ufrag too.
+                self.register_ufrag(conn, &answer.sdp);
                 let sdp = sdp::with_music_fmtp(&answer.sdp, &self.factory.opus_fmtp);
                 let sdp = sdp::with_ptime(&sdp, self.config.media.ptime_ms);
                 self.send(key, ServerMessage::Answer { sdp });
@@ -637,9 +646,8 @@ impl Host {
         let sub = match self.participants[dst].subscriber {
             Some(c) => c,
             None => match self.factory.build(now, Role::Subscriber) {
-                Ok(peer) => {
-                    let c = self.conns.insert(peer.pc, dst, Role::Subscriber);
-                    self.demux.register(peer.ufrag, c);
+                Ok(pc) => {
+                    let c = self.conns.insert(pc, dst, Role::Subscriber);
                     self.participants[dst].subscriber = Some(c);
                     c
                 }
@@ -688,13 +696,19 @@ impl Host {
         for key in due {
             let Some(conn) = self.participants[key].subscriber else { continue };
             let Some(c) = self.conns.get_mut(conn) else { continue };
+            let restart = self.participants[key].negotiation.ice_restart;
+            let options = restart.then_some(RTCOfferOptions { ice_restart: true });
             let offer =
-                c.pc.create_offer(None)
+                c.pc.create_offer(options)
                     .and_then(|offer| c.pc.set_local_description(now, offer))
                     .map(|()| c.pc.local_description());
             self.conns.touch(conn);
+            if let Ok(Some(offer)) = &offer {
+                self.register_ufrag(conn, &offer.sdp);
+            }
             let p = &mut self.participants[key];
             p.negotiation.wanted = false;
+            p.negotiation.ice_restart = false;
             match offer {
                 Ok(Some(offer)) => {
                     p.negotiation.awaiting_answer = true;
@@ -704,6 +718,31 @@ impl Host {
                 Ok(None) => warn!("subscriber offer: no local description"),
                 Err(e) => warn!(participant = %p.id, "subscriber offer failed: {e}"),
             }
+        }
+    }
+
+    /// The client asks for an ICE restart of its subscriber connection (its network changed):
+    /// the next offer, sent at once unless one is awaiting its answer, carries new ICE
+    /// credentials. Everything else about the connection (DTLS, tracks, legs) stays.
+    fn restart_subscriber_ice(&mut self, key: ParticipantKey) {
+        let p = &mut self.participants[key];
+        if p.subscriber.is_none() {
+            return self.refuse(
+                key,
+                ErrorCode::NegotiationFailed,
+                "no subscriber connection to restart: the server has not offered one yet",
+            );
+        }
+        p.negotiation.ice_restart = true;
+        p.negotiation.wanted = true;
+    }
+
+    /// Routes STUN naming the ufrag of `sdp` (a description we just applied and send) to
+    /// `conn`, in place of the one it had before an ICE restart.
+    fn register_ufrag(&mut self, conn: ConnKey, sdp: &str) {
+        match sdp::ice_ufrag(sdp) {
+            Some(ufrag) => self.demux.register(ufrag, conn),
+            None => warn!(conn, "a description of ours has no ICE ufrag: its STUN cannot be routed"),
         }
     }
 

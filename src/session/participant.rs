@@ -25,6 +25,8 @@ pub struct SubscriberNegotiation {
     pub awaiting_answer: bool,
     /// Tracks changed since the last offer: offer again when possible.
     pub wanted: bool,
+    /// The client asked for an ICE restart (`ice_restart`): the next offer carries one.
+    pub ice_restart: bool,
 }
 
 pub struct Participant {

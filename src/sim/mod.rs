@@ -269,7 +269,7 @@ impl SimParticipant {
         let dc = pc.create_data_channel(CHAT_LABEL, None).await.context("creating the chat channel")?;
         self.chat_dc = Some(dc.clone());
         shared.adopt(tokio::spawn(peer::consume_chat(shared.clone(), dc, true)));
-        self.offer_publisher(&pc, answers).await
+        self.offer_publisher(&pc, answers, false).await
     }
 
     /// Adds the Opus track this sim publishes to its publisher connection.
@@ -311,22 +311,58 @@ impl SimParticipant {
         let pc = self.publisher_pc.clone().context("no publisher connection")?;
         let mut answers = self.answers.take().context("publisher negotiation not finished")?;
         let result = match self.add_audio_track(&pc).await {
-            Ok(()) => self.offer_publisher(&pc, &mut answers).await,
+            Ok(()) => self.offer_publisher(&pc, &mut answers, false).await,
             Err(e) => Err(e),
         };
         self.answers = Some(answers);
         result
     }
 
-    /// Offers the publisher connection as it stands and applies the server's answer.
+    /// Moves to a new network the way a browser does after a handover: restarts ICE on both
+    /// connections, each from a freshly bound socket (a new local port; the old socket is
+    /// closed first, so nothing more leaves from the old address). The publisher connection
+    /// re-offers with new ICE credentials; the subscriber one asks the server to (`ice_restart`)
+    /// and answers its new offer. Returns once both restart answers are applied; media resumes
+    /// once ICE has checked the new path (DTLS and SRTP carry on, nothing is renegotiated).
+    pub async fn restart_ice(&mut self) -> anyhow::Result<()> {
+        let pc = self.publisher_pc.clone().context("no publisher connection")?;
+        let mut answers = self.answers.take().context("publisher negotiation not finished")?;
+        let result = self.offer_publisher(&pc, &mut answers, true).await;
+        self.answers = Some(answers);
+        result?;
+        let answered = self.subscriber_negotiations();
+        self.send(&ClientMessage::IceRestart).await?;
+        self.wait_subscriber_negotiations(answered + 1, self.opts.io_timeout).await
+    }
+
+    /// The addresses of the local candidates one connection's current local description
+    /// advertises (empty before it has one).
+    pub async fn local_candidate_addrs(&self, target: PcTarget) -> Vec<std::net::SocketAddr> {
+        let pc = match target {
+            PcTarget::Publisher => self.publisher_pc.clone(),
+            PcTarget::Subscriber => lock(&self.subscriber_pc).clone(),
+        };
+        let Some(pc) = pc else { return Vec::new() };
+        pc.local_description().await.map(|d| candidate_addrs(&d.sdp)).unwrap_or_default()
+    }
+
+    /// Offers the publisher connection as it stands (restarting ICE if `ice_restart`) and
+    /// applies the server's answer.
     async fn offer_publisher(
         &mut self,
         pc: &Arc<dyn PeerConnection>,
         answers: &mut mpsc::UnboundedReceiver<String>,
+        ice_restart: bool,
     ) -> anyhow::Result<()> {
         let timeout = self.opts.io_timeout;
         let shared = self.shared.clone();
-        let offer = pc.create_offer(None).await.context("creating the publisher offer")?;
+        if ice_restart {
+            // The restarted generation gathers anew (on new sockets): wait for that gathering,
+            // not the one that completed at join.
+            shared.publisher.gathering.send_replace(webrtc::peer_connection::RTCIceGatheringState::New);
+        }
+        let options = ice_restart.then_some(rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true });
+        let offer = pc.create_offer(options).await.context("creating the publisher offer")?;
         pc.set_local_description(offer).await.context("applying the publisher offer")?;
         within(timeout, || "publisher ICE gathering".to_owned(), shared.publisher.gathered()).await?;
         let local = pc.local_description().await.context("no local description after offering")?;
@@ -780,6 +816,22 @@ impl Drop for SimParticipant {
             self.runtime.spawn(close_all(pcs));
         }
     }
+}
+
+/// The addresses of the `a=candidate` lines of an SDP.
+pub(crate) fn candidate_addrs(sdp: &str) -> Vec<std::net::SocketAddr> {
+    let mut addrs: Vec<std::net::SocketAddr> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|c| {
+            // foundation component transport priority address port typ ...
+            let f: Vec<&str> = c.split_whitespace().collect();
+            format!("{}:{}", f.get(4)?, f.get(5)?).parse().ok()
+        })
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
 }
 
 /// The TURN entries of `joined.ice_servers`, for a relay-only sim.

@@ -82,6 +82,9 @@ pub(crate) async fn new_peer_connection(
         .with_include_loopback_candidate(true)
         // Check candidates as a browser paces them (Chrome: every ~50 ms), not every 200 ms.
         .with_ice_connection_attempts(Some(std::time::Duration::from_millis(50)), None)
+        // An ICE restart binds new sockets (new local ports) and drops the old ones, as a
+        // device that changed networks does: `SimParticipant::restart_ice` is a network change.
+        .with_discard_local_candidates_during_ice_restart(true)
         .build();
     let mut configuration = RTCConfigurationBuilder::new();
     if !relay.is_empty() {

@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use veza_signaling::client::{ClientReceiver, ClientSender};
 use veza_signaling::{ClientError, ClientMessage, PcTarget, ServerMessage};
-use webrtc::peer_connection::{PeerConnection, RTCSessionDescription};
+use webrtc::peer_connection::{PeerConnection, RTCIceGatheringState, RTCSessionDescription};
+
+use crate::media::sdp::ice_ufrag;
 
 use super::peer;
 use super::state::{Shared, lock, within};
@@ -110,6 +112,13 @@ async fn answer_offer(
             pc
         }
     };
+    // New ICE credentials in a re-offer restart ICE: the answer must wait for the new
+    // generation's gathering (on new sockets), not the one that completed long ago.
+    let current = pc.remote_description().await;
+    let restart = current.is_some_and(|c| ice_ufrag(&c.sdp) != ice_ufrag(&sdp));
+    if restart {
+        shared.subscriber.gathering.send_replace(RTCIceGatheringState::New);
+    }
     let offer = RTCSessionDescription::offer(sdp).context("parsing the server's offer")?;
     pc.set_remote_description(offer).await.context("applying the server's offer")?;
     let answer = pc.create_answer(None).await.context("creating an answer")?;
