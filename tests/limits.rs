@@ -14,6 +14,8 @@ async fn first_message(url: &str, token: &str) -> ServerMessage {
 async fn a_node_hosts_at_most_max_sessions() {
     let mut config = common::test_config();
     config.sessions.max_sessions = 2;
+    // The clients here just drop their sockets: no resuming, so their sessions end at once.
+    config.sessions.reconnect_grace = std::time::Duration::ZERO;
     let server = common::start_with(config).await;
     let url = server.ws_url();
     let mut a = Client::connect(&url, &common::token("a", "ana")).await.unwrap();
