@@ -100,6 +100,8 @@ const MAX_ID_LEN: usize = 128;
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// The same checks without `exp`: only for resuming a participation (src/http/ws.rs).
+    validation_any_age: Validation,
     max_token_bytes: usize,
 }
 
@@ -173,13 +175,25 @@ impl Verifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(Verifier { key, validation, max_token_bytes: cfg.max_token_bytes })
+        let mut validation_any_age = validation.clone();
+        validation_any_age.validate_exp = false;
+        Ok(Verifier { key, validation, validation_any_age, max_token_bytes: cfg.max_token_bytes })
     }
 
     /// Verifies a participant token. Never logs or echoes the token itself.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_with(token, &self.validation)
+    }
+
+    /// Like [`verify`](Self::verify), but an expired token passes: only for presenting together
+    /// with a resume token, which is what proves the participation is still the caller's.
+    pub fn verify_ignoring_expiry(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_with(token, &self.validation_any_age)
+    }
+
+    fn verify_with(&self, token: &str, validation: &Validation) -> Result<Identity, AuthError> {
         self.precheck(token)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| classify(&e))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, validation).map_err(|e| classify(&e))?;
         let c = data.claims;
         if c.sub.is_empty() || c.sub.len() > MAX_ID_LEN {
             return Err(AuthError::new(ErrorCode::TokenInvalidClaims, "sub must be 1-128 characters"));

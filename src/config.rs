@@ -63,8 +63,8 @@ pub struct HttpConfig {
     /// make per minute; the excess gets HTTP 429 `join_rate_limited`. 0 means no limit. Default: 30.
     pub join_attempts_per_minute: u32,
     /// Header carrying the client's address when a reverse proxy sits in front (e.g.
-    /// `X-Forwarded-For`: its first entry is used). Only set this behind a proxy that
-    /// overwrites it, or clients can pick their own address. Default: none (the TCP peer).
+    /// `X-Forwarded-For`: its last entry, the one the proxy appended, is used). Without it
+    /// behind a proxy, every client shares the proxy's allowance. Default: none (the TCP peer).
     pub client_ip_header: Option<String>,
 }
 

@@ -178,6 +178,7 @@ function reconnect(s) {
 function onResumed(s) {
   s.resume.attempts = 0;
   s.resume.droppedAt = null;
+  for (const msg of s.resume.outbox.splice(0)) send(s, msg);
   showStatus('Reconnected to the server.');
 }
 
@@ -225,8 +226,9 @@ async function onGrantsChanged(s, m) {
 
 function onSocketClose(s, ev) {
   const wasJoined = state.joined;
-  // 1000 is our own goodbye; anything else while joined may be a network blip worth resuming.
-  if (wasJoined && !s.leaving && !s.sessionEnded && !s.resumeRefused && s.resume?.token && ev.code !== 1000) {
+  // 1006 (no close frame) is a dropped connection, worth resuming; the server closes with a
+  // frame when it means it (kicked, too slow, session over), and so does a refused resume.
+  if (wasJoined && !s.leaving && !s.sessionEnded && !s.resumeRefused && s.resume?.token && ev.code === 1006) {
     s.resume.droppedAt ??= Date.now();
     if (reconnect(s)) return;
   }
@@ -320,6 +322,11 @@ function teardown(s) {
 // Signaling.
 
 function send(s, msg) {
+  // While reconnecting, messages wait for the resumed socket (an answer must not be lost).
+  if (s.resume?.droppedAt) {
+    s.resume.outbox.push(msg);
+    return true;
+  }
   if (!s.ws || s.ws.readyState !== WebSocket.OPEN) return false;
   s.ws.send(JSON.stringify(msg));
   return true;
@@ -386,7 +393,7 @@ function onJoined(s, m) {
     codec: m.codec,
   });
   s.iceServers = (m.ice_servers ?? []).map(toIceServer);
-  s.resume = { token: m.resume_token, graceMs: m.resume_grace_ms ?? 0, droppedAt: null, attempts: 0 };
+  s.resume = { token: m.resume_token, graceMs: m.resume_grace_ms ?? 0, droppedAt: null, attempts: 0, outbox: [] };
 
   participants.clear();
   $('participants').replaceChildren();
@@ -644,6 +651,12 @@ function onSubscriberOffer(s, m) {
 async function answerSubscriber(s, sdp) {
   if (s !== session) return;
   const pc = pcs.subscriber ?? newSubscriber(s);
+  // The server repeats an unanswered offer after a reconnect; if our answer to it was lost on
+  // the way, send that answer again rather than renegotiating.
+  if (pc.signalingState === 'stable' && pc.currentRemoteDescription?.sdp === sdp) {
+    send(s, { type: 'answer', sdp: pc.currentLocalDescription.sdp });
+    return;
+  }
   await pc.setRemoteDescription({ type: 'offer', sdp });
   const answer = await pc.createAnswer();
   await pc.setLocalDescription({ type: 'answer', sdp: preferStereoOpus(answer.sdp) });

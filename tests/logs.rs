@@ -76,8 +76,12 @@ async fn tokens_never_appear_in_debug_logs() {
         other => panic!("expected joined, got {other:?}"),
     };
     let _ = Client::connect(&format!("{ws}?resume={resume}"), &forged).await;
-    client.send(&veza_signaling::ClientMessage::Leave).await.unwrap();
-    while client.recv().await.ok().flatten().is_some() {}
+    // A successful resume (taking over the first socket), then a polite leave on it.
+    let mut resumed = Client::connect(&format!("{ws}?resume={resume}"), &good).await.expect("the resume");
+    assert!(matches!(resumed.recv().await.unwrap(), Some(ServerMessage::Resumed { .. })));
+    drop(client);
+    resumed.send(&veza_signaling::ClientMessage::Leave).await.unwrap();
+    while resumed.recv().await.ok().flatten().is_some() {}
 
     server.start_kill().unwrap();
     server.wait().await.unwrap();

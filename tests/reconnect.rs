@@ -66,6 +66,8 @@ async fn a_dropped_socket_resumes_with_the_same_identity_and_nothing_lost() {
     assert!(!saw_leave_or_join(&cleo, ana.id()), "cleo saw ana leave or join: {:?}", cleo.events());
     assert_eq!(ana.joined().participant.id, ana.id());
     assert!(ana.errors().is_empty(), "{:?}", ana.errors());
+    // The offer repeated on resume was answered again, and the repeat taken for what it is.
+    assert!(!ana.events().iter().any(|m| matches!(m, ServerMessage::Error { .. })), "{:?}", ana.events());
     let stats = server.stats().await;
     assert_eq!((stats.participants, stats.connections), (3, 6));
     let signaling = server.signaling_stats();
@@ -198,6 +200,69 @@ async fn a_close_frame_is_a_goodbye_not_a_drop() {
         .unwrap();
     assert!(matches!(left, ServerMessage::ParticipantLeft { reason: LeaveReason::Disconnected, .. }), "{left:?}");
     assert_eq!(server.signaling_stats().parked, 0);
+    ben.leave().await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_accepts_the_original_token_after_it_expired() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let server = common::start().await;
+    let url = server.ws_url();
+    let mut ana = join(&url, &common::token("jam", "ana")).await;
+    ana.drop_signaling().await;
+    // Hours into the jam, the token the page joined with has expired.
+    let claims = serde_json::json!({"sub": "ana", "session": "jam", "exp": veza_sfu::auth::unix_now() - 3600});
+    let expired = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(common::SECRET.as_bytes()),
+    )
+    .unwrap();
+    ana.resume_signaling(&url, &expired).await.expect("an expired token still resumes");
+    // It does not join.
+    assert_eq!(refused(&url, &expired).await, (401, ErrorCode::TokenExpired));
+    ana.leave().await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_removed_while_away_learns_why_on_resuming() {
+    let server = common::start().await;
+    let url = server.ws_url();
+    let token = common::token("jam", "ana");
+    let mut ana = join(&url, &token).await;
+    let ben = join(&url, &common::token("jam", "ben")).await;
+    ana.drop_signaling().await;
+    common::eventually("ana's participation to be parked", || async { server.signaling_stats().parked == 1 }).await;
+    let (status, _) = common::http_json(
+        &reqwest::Client::new(),
+        format!("{}/v1/sessions/jam/participants/{}/kick", server.http_url(), ana.id()),
+        Some(&common::admin_token()),
+        reqwest::Method::POST,
+        Some(serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    ben.wait_event(
+        WAIT,
+        |m| matches!(m, ServerMessage::ParticipantLeft { participant_id, .. } if participant_id == ana.id()),
+    )
+    .await
+    .unwrap();
+    // The news waits for ana instead of vanishing with her participation.
+    ana.resume_signaling(&url, &token).await.unwrap();
+    let kicked = ana
+        .wait_event(
+            WAIT,
+            |m| matches!(m, ServerMessage::ParticipantLeft { participant_id, .. } if participant_id == ana.id()),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(kicked, ServerMessage::ParticipantLeft { reason: LeaveReason::Kicked, .. }), "{kicked:?}");
+    ana.wait_signaling_closed(WAIT).await.unwrap();
+    common::eventually("nothing left of ana", || async { server.signaling_stats().participations == 1 }).await;
+    ana.close().await;
     ben.leave().await.unwrap();
     server.shutdown().await.unwrap();
 }

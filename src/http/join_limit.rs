@@ -29,14 +29,18 @@ impl JoinLimiter {
         JoinLimiter { limiter, clock: DefaultClock::default(), ip_header, attempts: AtomicU32::new(0) }
     }
 
-    /// The address an attempt counts against: the configured proxy header's first entry if
-    /// present and well-formed, else the TCP peer.
+    /// The address an attempt counts against: the configured proxy header's last entry (the
+    /// one our proxy appended; earlier ones are whatever the client wrote) if well-formed, else
+    /// the TCP peer. IPv6 clients count per /64, the block one subscriber usually gets.
     pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let forwarded = self.ip_header.as_deref().and_then(|name| {
             let value = headers.get(name)?.to_str().ok()?;
-            value.split(',').next()?.trim().parse::<IpAddr>().ok()
+            value.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
         });
-        forwarded.unwrap_or_else(|| peer.ip())
+        match forwarded.unwrap_or_else(|| peer.ip()) {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            v4 => v4,
+        }
     }
 
     /// Counts one attempt from `ip`: `Err(wait)` when it is over the limit.
@@ -82,11 +86,22 @@ mod tests {
     fn proxy_header_is_used_only_when_configured_and_valid() {
         let peer: SocketAddr = "192.0.2.9:5000".parse().unwrap();
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
+        headers.insert("x-forwarded-for", "10.9.9.9, 203.0.113.7".parse().unwrap());
         assert_eq!(JoinLimiter::new(1, None).client_ip(peer, &headers), peer.ip());
         let behind_proxy = JoinLimiter::new(1, Some("X-Forwarded-For".into()));
+        // The client wrote 10.9.9.9 itself; the proxy appended the address it saw.
         assert_eq!(behind_proxy.client_ip(peer, &headers), "203.0.113.7".parse::<IpAddr>().unwrap());
         headers.insert("x-forwarded-for", "garbage".parse().unwrap());
         assert_eq!(behind_proxy.client_ip(peer, &headers), peer.ip());
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let limiter = JoinLimiter::new(1, None);
+        let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:5000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8:1:2:bbbb::2]:5000".parse().unwrap();
+        let headers = HeaderMap::new();
+        assert_eq!(limiter.client_ip(a, &headers), limiter.client_ip(b, &headers));
+        assert_eq!(limiter.client_ip(a, &headers), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
     }
 }

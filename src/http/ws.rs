@@ -29,6 +29,9 @@ use crate::chat::RateLimiter;
 use crate::media::WorkerHandle;
 use crate::session::JoinRequest;
 
+/// How long closing a replaced socket may take (it may be half-open with a full buffer).
+const OLD_SOCKET_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Hard cap for one frame: past it the socket closes. Below it but above the configured
 /// message limit, the client gets `message_too_large` and the socket stays open.
 const HARD_FRAME_FACTOR: usize = 4;
@@ -65,7 +68,12 @@ pub async fn handler(
         Ok(token) => token,
         Err(refusal) => return *refusal,
     };
-    let identity = match state.verifier.verify(&token) {
+    let resuming = query.resume.as_deref().is_some_and(|r| !r.is_empty());
+    // A resume may come hours into a jam, long after the access token the client joined with
+    // expired: for a resume the signature must hold and the token must name the same user and
+    // session, but its age does not matter (the resume token is the fresh secret).
+    let verified = if resuming { state.verifier.verify_ignoring_expiry(&token) } else { state.verifier.verify(&token) };
+    let identity = match verified {
         Ok(identity) => identity,
         Err(e) => {
             // The code says why; the token itself is never logged.
@@ -180,7 +188,8 @@ async fn run(mut socket: WebSocket, state: AppState, identity: Identity) {
             Ended::Leave(reason) => break Some(reason),
             Ended::Removed => break None,
             Ended::Replaced(next) => {
-                let _ = socket.close().await;
+                // The old socket may be half-open with a full send buffer: do not wait on it.
+                let _ = tokio::time::timeout(OLD_SOCKET_CLOSE_TIMEOUT, socket.close()).await;
                 next
             }
             Ended::Dropped => {
@@ -195,10 +204,19 @@ async fn run(mut socket: WebSocket, state: AppState, identity: Identity) {
         info!(participant = id, "signaling resumed");
         socket = *next;
         // Anything the worker queued meanwhile follows this, in order (relay sends it first).
+        // A `resumed` that never reached an earlier socket is replaced, not repeated.
+        link.undelivered.retain(|m| !matches!(m, ServerMessage::Resumed { .. }));
         link.undelivered.push_front(ServerMessage::Resumed { participant_id: id.clone() });
+        worker.resumed(&id).await;
     };
     // Out of the registry before leaving: nobody may resume into a participation that is ending.
     drop(registration);
+    link.sockets.close();
+    while let Ok(mut late) = link.sockets.try_recv() {
+        let reply = ServerMessage::error(ErrorCode::ResumeExpired, "this participation has ended: join again");
+        let _ = late.send(text_frame(&reply)).await;
+        let _ = late.close().await;
+    }
     if let Some(reason) = reason {
         worker.leave(&id, reason).await;
     }
@@ -214,18 +232,22 @@ async fn park(state: &AppState, link: &mut Link) -> Result<Box<WebSocket>, Optio
     }
     let deadline = tokio::time::sleep(grace);
     tokio::pin!(deadline);
+    // Removed meanwhile (kicked, session ended, media failed) with news for the client still
+    // undelivered: keep waiting, so a reconnect learns why instead of finding nothing.
+    let mut removed = false;
     loop {
         tokio::select! {
-            () = &mut deadline => return Err(Some(LeaveReason::Disconnected)),
+            () = &mut deadline => return Err((!removed).then_some(LeaveReason::Disconnected)),
             Some(next) = link.sockets.recv() => return Ok(next),
-            message = link.from_worker.recv() => match message {
+            message = link.from_worker.recv(), if !removed => match message {
                 // Kept for the reconnect; a participant that would overflow the queue is as
                 // far behind as one whose socket cannot keep up.
                 Some(message) if link.undelivered.len() < state.config.http.outbound_queue => {
                     link.undelivered.push_back(message);
                 }
                 Some(_) => return Err(Some(LeaveReason::TooSlow)),
-                None => return Err(None),
+                None if link.undelivered.is_empty() => return Err(None),
+                None => removed = true,
             },
         }
     }

@@ -32,6 +32,10 @@ pub enum Command {
         participant: String,
         reason: LeaveReason,
     },
+    /// The participant's signaling resumed on a new socket.
+    Resumed {
+        participant: String,
+    },
     Stats(oneshot::Sender<HostStats>),
     /// Tap the session's publishers into a recording (src/record); refused if the session has
     /// no participants here or is already recorded.
@@ -72,6 +76,10 @@ impl WorkerHandle {
 
     pub async fn leave(&self, participant: &str, reason: LeaveReason) {
         let _ = self.commands.send(Command::Leave { participant: participant.to_owned(), reason }).await;
+    }
+
+    pub async fn resumed(&self, participant: &str) {
+        let _ = self.commands.send(Command::Resumed { participant: participant.to_owned() }).await;
     }
 
     pub async fn start_recording(

@@ -148,6 +148,7 @@ fn execute(host: &mut Host, command: Command) {
         }
         Command::Signal { participant, message } => host.signal(now, &participant, message),
         Command::Leave { participant, reason } => host.leave(now, &participant, reason),
+        Command::Resumed { participant } => host.resumed(&participant),
         Command::Stats(reply) => {
             let _ = reply.send(host.stats());
         }

@@ -370,6 +370,18 @@ impl Host {
         }
     }
 
+    /// The participant's signaling came back on a new socket (src/http/ws.rs). Anything
+    /// written to the old one in its last moments may be lost, and an unanswered subscriber
+    /// offer would block every later renegotiation: send it again. (A client that already
+    /// answered it answers again with the same description.)
+    pub fn resumed(&mut self, participant: &str) {
+        let Some(&key) = self.by_id.get(participant) else { return };
+        let p = &self.participants[key];
+        let (Some(conn), true) = (p.subscriber, p.negotiation.awaiting_answer) else { return };
+        let Some(offer) = self.conns.get_mut(conn).and_then(|c| c.pc.local_description()) else { return };
+        self.send(key, ServerMessage::Offer { sdp: offer.sdp });
+    }
+
     // ---- processing --------------------------------------------------------------------
 
     /// Reads events and messages of every touched connection, forwarding media as it goes.
@@ -555,6 +567,15 @@ impl Host {
     fn on_subscriber_answer(&mut self, now: Instant, key: ParticipantKey, sdp_text: String) {
         let p = &mut self.participants[key];
         let (Some(conn), true) = (p.subscriber, p.negotiation.awaiting_answer) else {
+            // After a resume the offer may have been repeated and answered twice: the second,
+            // identical answer is no mistake of the client's.
+            let repeated = p
+                .subscriber
+                .and_then(|conn| self.conns.get_mut(conn))
+                .is_some_and(|c| c.pc.current_remote_description().is_some_and(|applied| applied.sdp == sdp_text));
+            if repeated {
+                return;
+            }
             return self.refuse(key, ErrorCode::NegotiationFailed, "no subscriber offer is waiting for an answer");
         };
         if sdp_text.len() > self.config.media.max_sdp_bytes {

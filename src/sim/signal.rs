@@ -112,6 +112,13 @@ async fn answer_offer(
             pc
         }
     };
+    // The server repeats an unanswered offer after a resume (src/http/ws.rs); if it is the one
+    // already answered, the answer was lost on the old socket: send it again.
+    if let (Some(remote), Some(local)) = (pc.current_remote_description().await, pc.current_local_description().await)
+        && remote.sdp == sdp
+    {
+        return send(tx, Frame::Message(&ClientMessage::Answer { sdp: net.outgoing_sdp(local.sdp) }), timeout).await;
+    }
     // New ICE credentials in a re-offer restart ICE: the answer must wait for the new
     // generation's gathering (on new sockets), not the one that completed long ago.
     let current = pc.remote_description().await;
