@@ -51,6 +51,7 @@ fn tiny_soak_run_completes_and_reports_every_field() {
         "recordings",
         "exports_done",
         "exports_failed",
+        "client_errors",
         "errors",
     ] {
         assert!(activity[field].is_u64(), "activity without {field}: {activity}");
@@ -59,6 +60,10 @@ fn tiny_soak_run_completes_and_reports_every_field() {
     assert!(activity["joins"].as_u64().unwrap() > 0, "no churn: {activity}");
     assert!(activity["chats"].as_u64().unwrap() > 0, "no chat: {activity}");
     assert!(activity["recordings"].as_u64().unwrap() > 0, "no recording: {activity}");
+
+    for field in ["bytes", "m_sections", "sending_tracks"] {
+        assert!(report["subscriber_sdp"][field].is_u64(), "subscriber_sdp without {field}: {report}");
+    }
 
     let verdicts = report["verdicts"].as_array().expect("verdicts");
     let names: Vec<&str> = verdicts.iter().map(|v| v["resource"].as_str().unwrap()).collect();

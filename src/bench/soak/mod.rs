@@ -26,6 +26,7 @@ use crate::sim::{SimOptions, SimParticipant};
 use crate::telemetry::ALIVE_TASKS;
 pub use report::{SoakReport, SoakSample};
 use verdict::{Outcome, Point, Threshold};
+use veza_signaling::ServerMessage;
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct SoakArgs {
@@ -127,11 +128,25 @@ struct Activity {
     recordings: AtomicU64,
     exports_done: AtomicU64,
     exports_failed: AtomicU64,
+    /// Problems the musicians saw: `error` messages from the server, failed renegotiations.
+    client_errors: AtomicU64,
     errors: Mutex<Vec<String>>,
     error_count: AtomicU64,
 }
 
 impl Activity {
+    /// Counts what went wrong for `sim` while it was joined (call once, as it goes).
+    fn collect_trouble(&self, sim: &SimParticipant) {
+        let refused = sim.events().into_iter().filter_map(|m| match m {
+            ServerMessage::Error { code, message } => Some(format!("server error {code:?}: {message}")),
+            _ => None,
+        });
+        for trouble in sim.errors().into_iter().chain(refused) {
+            self.client_errors.fetch_add(1, Ordering::Relaxed);
+            self.error(format!("{}: {trouble}", sim.id()));
+        }
+    }
+
     fn error(&self, what: String) {
         self.error_count.fetch_add(1, Ordering::Relaxed);
         eprintln!("soak: {what}");
@@ -182,8 +197,10 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         samples.push(sample);
     }
     let bands = driver.await.context("the churn driver")?;
+    let subscriber_sdp = largest_subscriber_offer(bands.iter().flat_map(|b| &b.steady));
     for band in bands {
         for sim in band.steady.into_iter().chain(band.churners) {
+            activity.collect_trouble(&sim);
             sim.close().await;
         }
     }
@@ -192,7 +209,29 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         server.stop().await;
     }
     let verdicts = verdicts(args, &samples);
-    Ok(SoakReport { args: args.clone(), seconds, activity: totals(&activity), samples, verdicts })
+    Ok(SoakReport { args: args.clone(), seconds, activity: totals(&activity), subscriber_sdp, samples, verdicts })
+}
+
+/// The largest subscriber offer a steady musician got last: an offer keeps one m-section per
+/// transceiver the server ever added, so this shows whether churn makes it grow.
+fn largest_subscriber_offer<'a>(steady: impl Iterator<Item = &'a SimParticipant>) -> report::SubscriberSdp {
+    let mut largest = report::SubscriberSdp::default();
+    for sim in steady {
+        let last = sim.events().into_iter().rev().find_map(|m| match m {
+            ServerMessage::Offer { sdp } => Some(sdp),
+            _ => None,
+        });
+        if let Some(sdp) = last
+            && sdp.len() as u64 > largest.bytes
+        {
+            largest = report::SubscriberSdp {
+                bytes: sdp.len() as u64,
+                m_sections: sdp.lines().filter(|l| l.starts_with("m=")).count() as u64,
+                sending_tracks: crate::sim::stats::offered_tracks(&sdp).len() as u64,
+            };
+        }
+    }
+    largest
 }
 
 /// Every resource judged over the samples after warm-up.
@@ -238,6 +277,7 @@ fn totals(a: &Activity) -> report::Totals {
         recordings: get(&a.recordings),
         exports_done: get(&a.exports_done),
         exports_failed: get(&a.exports_failed),
+        client_errors: get(&a.client_errors),
         errors: get(&a.error_count),
         first_errors: a.errors.lock().unwrap_or_else(|e| e.into_inner()).clone(),
     }
@@ -322,6 +362,7 @@ async fn churn_once(server: &Server, args: &SoakArgs, bands: &mut [Band], next_u
         return;
     }
     let sim = band.churners.swap_remove(rand::random_range(0..n));
+    activity.collect_trouble(&sim);
     activity.live.fetch_sub(1, Ordering::Relaxed);
     activity.leaves.fetch_add(1, Ordering::Relaxed);
     match rand::random_range(0..3) {

@@ -67,8 +67,21 @@ pub struct Totals {
     pub recordings: u64,
     pub exports_done: u64,
     pub exports_failed: u64,
+    /// `error` messages from the server and failed renegotiations, as the musicians saw them.
+    pub client_errors: u64,
+    /// Everything that went wrong, the generator's own failures included.
     pub errors: u64,
     pub first_errors: Vec<String>,
+}
+
+/// The largest subscriber offer a steady musician got last, at the end of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SubscriberSdp {
+    pub bytes: u64,
+    /// Every m-section in it: one per transceiver the server ever added to that connection.
+    pub m_sections: u64,
+    /// Those that send a track now.
+    pub sending_tracks: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,6 +89,7 @@ pub struct SoakReport {
     pub args: SoakArgs,
     pub seconds: f64,
     pub activity: Totals,
+    pub subscriber_sdp: SubscriberSdp,
     pub samples: Vec<SoakSample>,
     pub verdicts: Vec<Verdict>,
 }
@@ -104,7 +118,8 @@ impl fmt::Display for SoakReport {
         let t = &self.activity;
         writeln!(
             f,
-            "activity: {} joins ({} failed), {} leaves, {} chats ({} failed), {} recordings, {} exports ({} failed), {} errors",
+            "activity: {} joins ({} failed), {} leaves, {} chats ({} failed), {} recordings, {} exports ({} failed), \
+             {} client errors, {} errors",
             t.joins,
             t.join_failures,
             t.leaves,
@@ -113,7 +128,14 @@ impl fmt::Display for SoakReport {
             t.recordings,
             t.exports_done,
             t.exports_failed,
+            t.client_errors,
             t.errors
+        )?;
+        let sdp = &self.subscriber_sdp;
+        writeln!(
+            f,
+            "largest last subscriber offer of a steady musician: {} bytes, {} m-sections, {} sending",
+            sdp.bytes, sdp.m_sections, sdp.sending_tracks
         )?;
         writeln!(f, "{HEADER}")?;
         let n = self.samples.len();
