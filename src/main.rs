@@ -46,6 +46,9 @@ enum Command {
     },
     /// Measure forwarding under load: starts a server, joins simulated musicians, reports.
     Bench(veza_sfu::bench::BenchArgs),
+    /// Leak hunt: a long run of churn, chat and recording, sampling the server's memory, file
+    /// descriptors, threads and tasks; exits with status 3 if one of them grows.
+    Soak(veza_sfu::bench::soak::SoakArgs),
     /// Export a recording directory (data_dir/recordings/SESSION/ID) to aligned stems or a mix.
     Export(veza_sfu::export::cli::ExportArgs),
     /// Benchmark export: a synthetic multi-musician recording to FLAC stems, next to ffmpeg.
@@ -107,6 +110,22 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{report}");
+            }
+            Ok(())
+        }
+        Command::Soak(args) => {
+            let report = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(veza_sfu::bench::soak::run(&args))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            if report.growing() {
+                // Distinct from 1 (the run failed) and 2 (clap: bad arguments): a script can tell a leak apart.
+                std::process::exit(3);
             }
             Ok(())
         }

@@ -18,6 +18,7 @@ pub const RTP_RECEIVED: &str = "veza_rtp_packets_received_total";
 pub const RECORDING_BYTES: &str = "veza_recording_bytes_total";
 pub const EXPORT_JOBS: &str = "veza_export_jobs_total";
 pub const EXPORT_JOBS_RUNNING: &str = "veza_export_jobs_running";
+pub const ALIVE_TASKS: &str = "veza_runtime_alive_tasks";
 
 /// Bucket bounds of the forwarding latency histogram, in seconds (5 µs .. 10 ms).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -58,6 +59,7 @@ fn describe() {
     metrics::describe_counter!(RECORDING_BYTES, metrics::Unit::Bytes, "Ogg Opus bytes written by live recordings");
     metrics::describe_counter!(EXPORT_JOBS, "export jobs finished, by outcome (done, failed)");
     metrics::describe_gauge!(EXPORT_JOBS_RUNNING, "export jobs running now");
+    metrics::describe_gauge!(ALIVE_TASKS, "tokio tasks alive, per runtime (main, or a media worker's)");
     crate::conn_stats::describe();
 }
 
@@ -79,6 +81,7 @@ pub struct WorkerMetrics {
     unrouted: Counter,
     chat_relayed: Counter,
     chat_refused: Counter,
+    alive_tasks: Gauge,
 }
 
 impl WorkerMetrics {
@@ -103,7 +106,8 @@ impl WorkerMetrics {
             forward_errors: dropped("write_failed"),
             unrouted: metrics::counter!("veza_datagrams_unrouted_total", labels.clone()),
             chat_relayed: metrics::counter!("veza_chat_messages_relayed_total", labels.clone()),
-            chat_refused: metrics::counter!("veza_chat_messages_refused_total", labels),
+            chat_refused: metrics::counter!("veza_chat_messages_refused_total", labels.clone()),
+            alive_tasks: metrics::gauge!(ALIVE_TASKS, [labels, vec![Label::new("runtime", "media")]].concat()),
         }
     }
 
@@ -120,6 +124,18 @@ impl WorkerMetrics {
         self.unrouted.absolute(s.datagrams_unrouted);
         self.chat_relayed.absolute(s.chat_relayed);
         self.chat_refused.absolute(s.chat_refused);
+        // The worker's own current-thread runtime; one atomic load.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.alive_tasks.set(runtime.metrics().num_alive_tasks() as f64);
+        }
+    }
+}
+
+/// Sets the main runtime's alive-task gauge; called at scrape time, so it costs nothing between
+/// scrapes (a task leak shows as this number climbing while the load stays level).
+pub fn publish_main_alive_tasks() {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!(ALIVE_TASKS, "runtime" => "main").set(runtime.metrics().num_alive_tasks() as f64);
     }
 }
 

@@ -95,20 +95,48 @@ impl Server {
         Ok(self.minter.mint(&identity, Duration::from_secs(3600))?)
     }
 
+    /// A service token for the REST API (admin grant), valid for `ttl`.
+    pub fn admin_token(&self, ttl: Duration) -> anyhow::Result<String> {
+        Ok(self.minter.mint_admin("veza-bench", ttl)?)
+    }
+
+    /// `path` (starting with `/`) on the server's HTTP listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http_url)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     fn pid(&self) -> anyhow::Result<u32> {
         self.child.id().context("the server exited")
     }
 
     /// Resident memory of the server process.
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        Ok(self.status_field("VmRSS")? * 1024)
+    }
+
+    /// OS threads of the server process.
+    pub fn threads(&self) -> anyhow::Result<u64> {
+        self.status_field("Threads")
+    }
+
+    /// Open file descriptors of the server process (sockets, files, epoll, pipes).
+    pub fn open_fds(&self) -> anyhow::Result<u64> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()?))?.count() as u64)
+    }
+
+    /// The first number of a `Name:` line of /proc/PID/status.
+    fn status_field(&self, name: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
-        let kb = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse::<u64>().ok())
-            .context("VmRSS in /proc/PID/status")?;
-        Ok(kb * 1024)
+            .with_context(|| format!("{name} in /proc/PID/status"))
     }
 
     /// User + system CPU seconds the server process has used.
@@ -146,7 +174,7 @@ impl Server {
         }
     }
 
-    async fn metrics(&self) -> anyhow::Result<String> {
+    pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(self.http.get(format!("{}/metrics", self.http_url)).send().await?.error_for_status()?.text().await?)
     }
 

@@ -9,6 +9,7 @@ mod child;
 mod lean;
 mod prom;
 mod report;
+pub mod soak;
 
 use std::time::{Duration, Instant};
 

@@ -218,60 +218,104 @@ fn mix(
     opts: &ExportOptions,
     progress: &(dyn Fn(f64) + Sync),
 ) -> Result<ExportedFile, ExportError> {
-    let done = AtomicU64::new(0);
-    let all = (plan.total * plan.tracks.len() as u64).max(1);
-    // Decode every track in parallel (the decode is the expensive part), then sum.
-    let decoded: Vec<Result<Vec<f32>, ExportError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = plan
-            .tracks
-            .iter()
-            .map(|(track, offset, _)| {
-                let done = &done;
-                s.spawn(move || {
-                    let mut reader = TrackReader::open(&dir.join(&track.file), *offset, plan.total)?;
-                    let mut pcm = vec![0f32; plan.total as usize * CHANNELS];
-                    let mut at = 0;
-                    while at < pcm.len() {
-                        let end = (at + CHUNK * CHANNELS).min(pcm.len());
-                        let n = reader.read(&mut pcm[at..end])?;
-                        if n == 0 {
-                            break;
-                        }
-                        at += n * CHANNELS;
-                        let d = done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-                        progress(d as f64 / all as f64 * 0.8);
-                    }
-                    Ok(pcm)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(ExportError::BadRequest("an export thread panicked".into()))))
-            .collect()
-    });
-    let mut sum: Option<Vec<f32>> = None;
-    for pcm in decoded {
-        let pcm = pcm?;
-        match sum.as_mut() {
-            None => sum = Some(pcm),
-            Some(acc) => acc.iter_mut().zip(&pcm).for_each(|(a, b)| *a += b),
-        }
-    }
-    let sum = sum.unwrap_or_default();
-    let peak = sum.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // Two passes over the tracks, streamed: the first finds the sum's peak, the second writes it
+    // scaled. Decoding twice is cheap (libopus runs hundreds of times realtime); holding every
+    // decoded track for one pass took 23 MB per track-minute, which glibc kept after the job.
+    let mut peak = 0f32;
+    summed_chunks(dir, plan, &|p| progress(p * 0.4), |sum| {
+        peak = sum.iter().fold(peak, |m, v| m.max(v.abs()));
+        Ok(())
+    })?;
     let gain = if peak > MIX_CEILING { MIX_CEILING / peak } else { 1.0 };
     let name = format!("mix.{}", opts.format.extension());
     let path = out.join(&name);
     let mut meta = Meta::mix(&plan.timeline);
     meta.comments.push(("VEZA_MIX_GAIN".into(), format!("{gain:.4}")));
     let mut sink = Sink::create(&path, opts, &meta)?;
-    for (i, chunk) in sum.chunks(CHUNK * CHANNELS).enumerate() {
-        sink.write(chunk, gain)?;
-        progress(0.8 + 0.19 * (i * CHUNK * CHANNELS) as f64 / sum.len().max(1) as f64);
-    }
+    summed_chunks(dir, plan, &|p| progress(0.4 + p * 0.59), |sum| sink.write(sum, gain))?;
     sink.finish()?;
     Ok(exported(&path, name, None))
+}
+
+/// Chunks of a mix in flight per track: decoding runs this far ahead of the summing.
+const MIX_QUEUE_CHUNKS: usize = 4;
+
+/// Decodes every track on its own thread and hands `each` the sum of the tracks, [`CHUNK`]
+/// samples at a time in order; `progress` gets 0..=1 of this pass.
+fn summed_chunks(
+    dir: &Path,
+    plan: &Plan,
+    progress: &(dyn Fn(f64) + Sync),
+    mut each: impl FnMut(&[f32]) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    let total = (plan.total as usize * CHANNELS).max(1);
+    std::thread::scope(|s| {
+        let (tracks, threads): (Vec<_>, Vec<_>) = plan
+            .tracks
+            .iter()
+            .map(|(track, offset, _)| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<f32>, ExportError>>(MIX_QUEUE_CHUNKS);
+                let thread = s.spawn(move || {
+                    let mut reader = match TrackReader::open(&dir.join(&track.file), *offset, plan.total) {
+                        Ok(r) => r,
+                        Err(e) => return drop(tx.send(Err(e.into()))),
+                    };
+                    // Every reader fills whole chunks up to the common length, so chunk k of
+                    // every track covers the same samples.
+                    loop {
+                        let mut chunk = vec![0f32; CHUNK * CHANNELS];
+                        match reader.read(&mut chunk) {
+                            Ok(0) => return,
+                            Ok(n) => chunk.truncate(n * CHANNELS),
+                            Err(e) => return drop(tx.send(Err(e.into()))),
+                        }
+                        // The receiver is gone only when the mix failed: stop quietly.
+                        if tx.send(Ok(chunk)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                (rx, thread)
+            })
+            .unzip();
+        let mut sum = Vec::with_capacity(CHUNK * CHANNELS);
+        let mut done = 0usize;
+        let result = loop {
+            sum.clear();
+            let mut failed = None;
+            for rx in &tracks {
+                // A closed channel is a track that has produced all its samples.
+                match rx.recv() {
+                    Ok(Ok(chunk)) => {
+                        if sum.len() < chunk.len() {
+                            sum.resize(chunk.len(), 0.0);
+                        }
+                        sum.iter_mut().zip(&chunk).for_each(|(a, b)| *a += b);
+                    }
+                    Ok(Err(e)) => failed = Some(e),
+                    Err(_) => {}
+                }
+            }
+            if let Some(e) = failed {
+                break Err(e);
+            }
+            if sum.is_empty() {
+                break Ok(());
+            }
+            if let Err(e) = each(&sum) {
+                break Err(e);
+            }
+            done += sum.len();
+            progress(done as f64 / total as f64);
+        };
+        // Closing the channels stops decoders still running (after an error).
+        drop(tracks);
+        // A decoder that panicked closed its channel early: its track would be missing.
+        if threads.into_iter().map(|t| t.join()).any(|r| r.is_err()) {
+            return Err(ExportError::BadRequest("an export thread panicked".into()));
+        }
+        result
+    })
 }
 
 fn exported(path: &Path, name: String, participant_id: Option<String>) -> ExportedFile {

@@ -70,6 +70,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
 }
 
 async fn metrics() -> Response {
+    crate::telemetry::publish_main_alive_tasks();
     match crate::telemetry::install() {
         Some(handle) => {
             ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
