@@ -28,6 +28,24 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Histogram samples (one per forwarding batch, per RTCP report) are queued until upkeep folds
+/// them into buckets; rendering `/metrics` does it too, but a server nobody scrapes would grow
+/// without bound. A plain thread, so it runs whichever runtime (or none) installed the recorder.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let upkeep = move || {
+        loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("veza-metrics-upkeep".into()).spawn(upkeep) {
+        tracing::warn!("metrics upkeep thread: {e}; histograms are folded only when /metrics is scraped");
+    }
+}
+
 /// Installs the recorder once per process and returns the handle `/metrics` renders from.
 /// `None` if another recorder was installed first (metrics then go there).
 pub fn install() -> Option<PrometheusHandle> {
@@ -43,6 +61,7 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            spawn_upkeep(handle.clone());
             Some(handle)
         })
         .clone()
