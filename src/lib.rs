@@ -12,6 +12,8 @@ pub mod conn_stats;
 pub mod dev;
 pub mod drain;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod media;
 pub mod openapi;

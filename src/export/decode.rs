@@ -4,7 +4,7 @@
 //! through a [`TrackReader`] starts at the recording's zero and has the same length.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 use crate::record::ogg::{PRE_SKIP, packet_samples};
@@ -29,7 +29,12 @@ pub enum DecodeError {
 pub fn track_samples(path: &Path) -> Result<u64, DecodeError> {
     let name = path.display().to_string();
     let file = File::open(path).map_err(|source| DecodeError::Io { file: name.clone(), source })?;
-    let mut reader = ogg::PacketReader::new(BufReader::with_capacity(256 * 1024, file));
+    track_samples_from(&name, BufReader::with_capacity(256 * 1024, file))
+}
+
+/// [`track_samples`] of Ogg Opus bytes from any reader; `name` is for errors.
+pub fn track_samples_from<R: Read + Seek>(name: &str, input: R) -> Result<u64, DecodeError> {
+    let mut reader = ogg::PacketReader::new(input);
     let mut total = 0u64;
     let mut index = 0u64;
     loop {
@@ -43,7 +48,7 @@ pub fn track_samples(path: &Path) -> Result<u64, DecodeError> {
             Ok(None) => break,
             // A torn last page (the process died mid-write): stop at the last whole one.
             Err(_) if index >= 2 => break,
-            Err(e) => return Err(DecodeError::NotOpus { file: name, reason: e.to_string() }),
+            Err(e) => return Err(DecodeError::NotOpus { file: name.to_owned(), reason: e.to_string() }),
         }
     }
     Ok(total.saturating_sub(u64::from(PRE_SKIP)))
@@ -51,9 +56,9 @@ pub fn track_samples(path: &Path) -> Result<u64, DecodeError> {
 
 /// Reads one track as 48 kHz stereo f32 on the recording's clock: `offset` samples of silence,
 /// the decoded track, then silence up to `total` samples.
-pub struct TrackReader {
+pub struct TrackReader<R: Read + Seek = BufReader<File>> {
     name: String,
-    reader: ogg::PacketReader<BufReader<File>>,
+    reader: ogg::PacketReader<R>,
     decoder: opus::Decoder,
     /// Samples still to skip from the decoder's output (pre-skip), per channel.
     skip: usize,
@@ -76,7 +81,14 @@ impl TrackReader {
     pub fn open(path: &Path, offset: u64, total: u64) -> Result<TrackReader, DecodeError> {
         let name = path.display().to_string();
         let file = File::open(path).map_err(|source| DecodeError::Io { file: name.clone(), source })?;
-        let mut reader = ogg::PacketReader::new(BufReader::with_capacity(256 * 1024, file));
+        TrackReader::from_reader(name, BufReader::with_capacity(256 * 1024, file), offset, total)
+    }
+}
+
+impl<R: Read + Seek> TrackReader<R> {
+    /// A reader of Ogg Opus bytes from any source; `name` is for errors.
+    pub fn from_reader(name: String, input: R, offset: u64, total: u64) -> Result<TrackReader<R>, DecodeError> {
+        let mut reader = ogg::PacketReader::new(input);
         let not_opus = |reason: &str| DecodeError::NotOpus { file: name.clone(), reason: reason.to_owned() };
         let head = reader.read_packet().map_err(|e| not_opus(&e.to_string()))?.ok_or_else(|| not_opus("empty"))?;
         if head.data.len() < 19 || &head.data[..8] != b"OpusHead" {

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::timeline::{Timeline, TrackTimeline};
+use crate::record::timeline::{MAX_RECORDING_SAMPLES, Timeline, TrackTimeline};
 use decode::{CHANNELS, TrackReader};
 
 /// Peak of the mix after normalisation: −1 dBFS.
@@ -105,6 +105,10 @@ pub enum ExportError {
     Timeline(std::io::Error),
     #[error("the recording has no tracks")]
     NoTracks,
+    #[error("the recording would last {0:.1} hours; export handles at most a day")]
+    TooLong(f64),
+    #[error("the mix of {0} samples does not fit in memory")]
+    MixTooLarge(u64),
     #[error(transparent)]
     Decode(#[from] decode::DecodeError),
     #[error(transparent)]
@@ -127,20 +131,31 @@ pub struct Plan {
 impl Plan {
     pub fn load(dir: &Path) -> Result<Plan, ExportError> {
         let timeline = Timeline::load(dir).map_err(ExportError::Timeline)?;
-        if timeline.tracks.is_empty() {
-            return Err(ExportError::NoTracks);
-        }
         let lengths: Vec<Result<u64, decode::DecodeError>> = std::thread::scope(|s| {
             let handles: Vec<_> =
                 timeline.tracks.iter().map(|t| s.spawn(move || decode::track_samples(&dir.join(&t.file)))).collect();
             handles.into_iter().map(|h| h.join().unwrap_or(Ok(0))).collect()
         });
-        let mut tracks = Vec::new();
-        for (t, len) in timeline.tracks.iter().zip(lengths) {
-            tracks.push((t.clone(), t.start_offset_samples, len?));
+        Plan::new(timeline, lengths.into_iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Places each track (`lengths`: its decoded samples, in the timeline's order) on the
+    /// recording's clock. Refuses a plan longer than [`MAX_RECORDING_SAMPLES`].
+    pub fn new(timeline: Timeline, lengths: Vec<u64>) -> Result<Plan, ExportError> {
+        if timeline.tracks.is_empty() {
+            return Err(ExportError::NoTracks);
         }
-        let total =
-            tracks.iter().map(|(_, off, len)| off + len).chain(timeline.stopped_len_samples()).max().unwrap_or(0);
+        let tracks: Vec<(TrackTimeline, u64, u64)> =
+            timeline.tracks.iter().zip(lengths).map(|(t, len)| (t.clone(), t.start_offset_samples, len)).collect();
+        let total = tracks
+            .iter()
+            .map(|(_, off, len)| off.checked_add(*len).unwrap_or(u64::MAX))
+            .chain(timeline.stopped_len_samples())
+            .max()
+            .unwrap_or(0);
+        if total > MAX_RECORDING_SAMPLES {
+            return Err(ExportError::TooLong(total as f64 / f64::from(RATE) / 3600.0));
+        }
         Ok(Plan { timeline, tracks, total })
     }
 
@@ -175,7 +190,7 @@ fn stems(
     progress: &(dyn Fn(f64) + Sync),
 ) -> Result<Vec<ExportedFile>, ExportError> {
     let done = AtomicU64::new(0);
-    let all = (plan.total * plan.tracks.len() as u64).max(1);
+    let all = plan.total.saturating_mul(plan.tracks.len() as u64).max(1);
     let results: Vec<Result<ExportedFile, ExportError>> = std::thread::scope(|s| {
         let handles: Vec<_> = plan
             .tracks

@@ -115,10 +115,37 @@ pub fn ntp_to_unix_ms(ntp: u64) -> f64 {
     (secs + frac) * 1000.0
 }
 
+/// Longest recording a timeline may describe, in 48 kHz samples: a day. A longer one is not
+/// a file we wrote, and exporting it would run for ever (or allocate the machine away).
+pub const MAX_RECORDING_SAMPLES: u64 = 24 * 3600 * 48_000;
+
 impl Timeline {
     pub fn load(dir: &Path) -> std::io::Result<Timeline> {
-        let text = std::fs::read(dir.join(TIMELINE_FILE))?;
-        serde_json::from_slice(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        Timeline::parse(&std::fs::read(dir.join(TIMELINE_FILE))?)
+    }
+
+    /// Reads `timeline.json`, refusing what export could not use safely: a track file outside
+    /// the recording's directory, a time that is not a number, a track beyond
+    /// [`MAX_RECORDING_SAMPLES`].
+    pub fn parse(json: &[u8]) -> std::io::Result<Timeline> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let t: Timeline = serde_json::from_slice(json).map_err(|e| invalid(e.to_string()))?;
+        for track in &t.tracks {
+            if !is_plain_file_name(&track.file) {
+                return Err(invalid(format!(
+                    "track file {:?} is not a file name in the recording's directory",
+                    track.file
+                )));
+            }
+            if track.start_offset_samples > MAX_RECORDING_SAMPLES {
+                return Err(invalid(format!("track {:?} starts after a day", track.file)));
+            }
+        }
+        let stop = t.stopped_at_unix_ms.unwrap_or(t.started_at_unix_ms);
+        if !(t.started_at_unix_ms.is_finite() && stop.is_finite() && (stop - t.started_at_unix_ms).is_finite()) {
+            return Err(invalid("start and stop times must be finite numbers".to_owned()));
+        }
+        Ok(t)
     }
 
     /// Writes `timeline.json` through a temporary file and a rename: a reader (or a crash)
@@ -136,6 +163,11 @@ impl Timeline {
     }
 }
 
+/// A name the writer could have given a file of the recording: no directories, no `..`.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
 pub fn ms_to_samples(ms: f64) -> u64 {
     (ms.max(0.0) * 48.0).round() as u64
 }
@@ -150,5 +182,56 @@ mod tests {
         // 2026-01-01T00:00:00.5Z
         let ntp = ((NTP_UNIX_OFFSET_SECS + 1_767_225_600) << 32) | 0x8000_0000;
         assert_eq!(ntp_to_unix_ms(ntp), 1_767_225_600_500.0);
+    }
+
+    fn one_track(file: &str) -> Timeline {
+        Timeline {
+            version: 1,
+            session: "s".into(),
+            recording_id: "r".into(),
+            state: RecordingState::Stopped,
+            started_by: "admin".into(),
+            started_at_unix_ms: 0.0,
+            started_at: "1970-01-01T00:00:00.000Z".into(),
+            stopped_at_unix_ms: Some(1000.0),
+            dropped_packets: 0,
+            tracks: vec![TrackTimeline {
+                file: file.into(),
+                participant_id: "p".into(),
+                user: "u".into(),
+                name: "n".into(),
+                track_id: "t".into(),
+                ssrc: 1,
+                first_arrival_unix_ms: 0.0,
+                first_rtp_timestamp: 0,
+                start_offset_samples: 0,
+                samples: 48_000,
+                packets: 100,
+                lost_packets: 0,
+                late_packets: 0,
+                dropped_packets: 0,
+                gaps: vec![],
+                sync: vec![],
+                sender_reports: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn track_files_outside_the_recording_are_refused() {
+        let ok = serde_json::to_vec(&one_track("ana-1.opus")).unwrap();
+        assert_eq!(Timeline::parse(&ok).unwrap(), one_track("ana-1.opus"));
+        for file in ["../../etc/passwd", "/etc/passwd", "a/b.opus", "..", "", "a\\b.opus"] {
+            let json = serde_json::to_vec(&one_track(file)).unwrap();
+            let e = Timeline::parse(&json).expect_err(file);
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{file}: {e}");
+        }
+    }
+
+    #[test]
+    fn tracks_beyond_a_day_are_refused() {
+        let mut t = one_track("a.opus");
+        t.tracks[0].start_offset_samples = MAX_RECORDING_SAMPLES + 1;
+        assert!(Timeline::parse(&serde_json::to_vec(&t).unwrap()).is_err());
     }
 }
