@@ -325,8 +325,16 @@ fn assert_reparses(message: &ServerMessage) {
     assert_eq!(&back, message);
 }
 
+/// The fuzzed worker's factory, made once: its certificate takes a key generation, which
+/// every input would otherwise repeat.
 fn factory(config: &Config) -> PeerFactory {
-    PeerFactory { announce: vec![WORKER_ADDR], opus_fmtp: config.opus_fmtp(), media: config.media.clone() }
+    static FACTORY: std::sync::OnceLock<PeerFactory> = std::sync::OnceLock::new();
+    let factory = FACTORY.get_or_init(|| {
+        PeerFactory::new(vec![WORKER_ADDR], config.opus_fmtp(), config.media.clone())
+            .expect("a certificate is generated")
+    });
+    debug_assert_eq!(factory.opus_fmtp, config.opus_fmtp());
+    factory.clone()
 }
 
 /// The worker socket address the fuzzed host announces.

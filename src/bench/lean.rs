@@ -27,7 +27,7 @@ use veza_signaling::{Client, ClientMessage, ServerMessage};
 
 use crate::config::{Config, MediaConfig};
 use crate::media::conn::Role;
-use crate::media::peer::{OPUS_PAYLOAD_TYPE, PeerFactory};
+use crate::media::peer::{BuildError, OPUS_PAYLOAD_TYPE, PeerFactory};
 
 /// Per-SSRC reception, from cleartext RTP headers.
 #[derive(Debug, Default, Clone)]
@@ -67,8 +67,8 @@ fn clock_48k() -> u32 {
     (us.wrapping_mul(48) / 1000) as u32
 }
 
-fn factory(addr: SocketAddr, config: &Config) -> PeerFactory {
-    PeerFactory { announce: vec![addr], opus_fmtp: config.opus_fmtp(), media: MediaConfig::default() }
+fn factory(addr: SocketAddr, config: &Config) -> Result<PeerFactory, BuildError> {
+    PeerFactory::new(vec![addr], config.opus_fmtp(), MediaConfig::default())
 }
 
 impl LeanMusician {
@@ -96,10 +96,11 @@ impl LeanMusician {
         // Publisher connection: we offer.
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
-        let mut peer = factory(local, &config).build(Instant::now(), Role::Subscriber)?;
+        let factory = factory(local, &config)?;
+        let mut peer = factory.build(Instant::now(), Role::Subscriber)?;
         let ssrc = rand::random::<u32>() | 1;
         let sender = if publish {
-            let track = factory(local, &config).forwarded_track(&id, &format!("{id}-mic"), ssrc);
+            let track = factory.forwarded_track(&id, &format!("{id}-mic"), ssrc);
             let init = RTCRtpTransceiverInit {
                 direction: RTCRtpTransceiverDirection::Sendonly,
                 streams: vec![id.clone()],
@@ -195,7 +196,9 @@ async fn subscriber_task(
     let Some((sdp, reply)) = offers.recv().await else { return };
     let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else { return };
     let Ok(local) = socket.local_addr() else { return };
-    let Ok(mut peer) = factory(local, &Config::default()).build(Instant::now(), Role::Publisher) else { return };
+    let Ok(mut peer) = factory(local, &Config::default()).and_then(|f| f.build(Instant::now(), Role::Publisher)) else {
+        return;
+    };
     if let Some(answer) = answer(&mut peer, sdp) {
         let _ = reply.send(answer);
     }

@@ -3,9 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use rtc::crypto::SignatureScheme;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -25,13 +27,19 @@ pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 /// Interval between ICE connectivity checks when we are the controlling agent.
 const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// What every connection of a worker shares: the socket's address(es) and the codec profile.
+/// What every connection of a worker shares: the socket's address(es), the codec profile and
+/// the DTLS certificate.
 #[derive(Clone)]
 pub struct PeerFactory {
     /// Addresses announced as host candidates; all map to the worker's one socket.
     pub announce: Vec<SocketAddr>,
     pub opus_fmtp: String,
     pub media: MediaConfig,
+    /// One self-signed certificate for all of the worker's connections. Left to itself, `rtc`
+    /// generates a key pair and signs a certificate for every connection, two per join; the
+    /// peer checks our certificate against the fingerprint in our SDP, which stays as
+    /// trustworthy when many connections share it (mediasoup keeps one per worker too).
+    certificate: RTCCertificate,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +47,15 @@ pub struct PeerFactory {
 pub struct BuildError(#[from] rtc::shared::error::Error);
 
 impl PeerFactory {
+    /// A factory with a freshly generated ECDSA P-256 certificate (what browsers use).
+    pub fn new(announce: Vec<SocketAddr>, opus_fmtp: String, media: MediaConfig) -> Result<PeerFactory, BuildError> {
+        let provider = rtc::crypto::default_provider().map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+        let params = CertificateParams::new(vec!["veza-sfu".to_owned()])
+            .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+        let certificate = RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)?;
+        Ok(PeerFactory { announce, opus_fmtp, media, certificate })
+    }
+
     pub fn opus_codec(&self) -> RTCRtpCodec {
         RTCRtpCodec {
             mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -100,7 +117,9 @@ impl PeerFactory {
             )
             .build();
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(
+                RTCConfigurationBuilder::new().with_certificates(vec![self.certificate.clone()]).build(),
+            )
             .with_media_engine(engine)
             .with_setting_engine(settings)
             .with_interceptor_registry(registry)

@@ -44,7 +44,8 @@ pub fn spawn(
     // map to, so tag it with the bound address when that is announced, else the first announced.
     let bound = socket.local_addr()?;
     let local = announce.iter().copied().find(|a| *a == bound).or_else(|| announce.first().copied()).unwrap_or(bound);
-    let factory = PeerFactory { announce, opus_fmtp: config.opus_fmtp(), media: config.media.clone() };
+    let factory =
+        PeerFactory::new(announce, config.opus_fmtp(), config.media.clone()).map_err(std::io::Error::other)?;
     std::thread::Builder::new().name(format!("veza-media-{n}")).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
