@@ -286,7 +286,43 @@ impl Config {
         fig = fig.merge(Env::prefixed("VEZA_").filter(ours).split("__"));
         let mut config: Config = fig.extract().map_err(Box::new)?;
         config.dev |= dev;
+        config.check().map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(config)
+    }
+
+    /// Values that parse but cannot work: a limit of nothing would refuse every join or hold a
+    /// place nobody can take, and a zero rate would stall every client.
+    pub fn check(&self) -> Result<(), String> {
+        let mut wrong = Vec::new();
+        let mut at_least = |name: &str, value: usize, min: usize| {
+            if value < min {
+                wrong.push(format!("{name} must be at least {min}, got {value}"));
+            }
+        };
+        at_least("sessions.max_participants", self.sessions.max_participants, 1);
+        at_least("sessions.max_sessions", self.sessions.max_sessions, 1);
+        at_least("media.max_tracks_per_participant", self.media.max_tracks_per_participant, 1);
+        // Below a few KiB not even a one-track offer or its ICE candidates fit.
+        at_least("http.max_message_bytes", self.http.max_message_bytes, 4096);
+        at_least("media.max_sdp_bytes", self.media.max_sdp_bytes, 2048);
+        at_least("http.outbound_queue", self.http.outbound_queue, 1);
+        at_least("chat.max_chars", self.chat.max_chars, 1);
+        at_least("auth.max_token_bytes", self.auth.max_token_bytes, 256);
+        for (name, rate) in [
+            ("http.messages_per_second", self.http.messages_per_second),
+            ("chat.rate_per_second", self.chat.rate_per_second),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) {
+                wrong.push(format!("{name} must be a positive number, got {rate}"));
+            }
+        }
+        if ![10, 20, 40, 60].contains(&self.media.ptime_ms) {
+            wrong.push(format!("media.ptime_ms must be 10, 20, 40 or 60, got {}", self.media.ptime_ms));
+        }
+        if self.media.ice_failed_timeout < self.media.ice_disconnected_timeout {
+            wrong.push("media.ice_failed_timeout must not be shorter than media.ice_disconnected_timeout".to_owned());
+        }
+        if wrong.is_empty() { Ok(()) } else { Err(wrong.join("; ")) }
     }
 
     /// Number of media workers to run.
@@ -324,6 +360,20 @@ mod tests {
             assert_eq!(c.chat.history, 200);
             Ok(())
         });
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("VEZA_SESSIONS__MAX_PARTICIPANTS", "0");
+            jail.set_env("VEZA_CHAT__RATE_PER_SECOND", "0");
+            let e = Config::load(false, None).expect_err("a session nobody can join").to_string();
+            assert!(e.contains("sessions.max_participants must be at least 1, got 0"), "{e}");
+            assert!(e.contains("chat.rate_per_second must be a positive number"), "{e}");
+            Ok(())
+        });
+        assert_eq!(Config::default().check(), Ok(()));
+        assert_eq!(Config::dev_defaults().check(), Ok(()));
     }
 
     #[test]
