@@ -104,7 +104,7 @@ function newSession(token) {
     subscriberQueue: Promise.resolve(), // server offers are handled strictly one at a time
     audioEls: new Map(), // participant id -> <audio>
     trackOwner: new Map(), // receiver track id -> participant id
-    jitterPrev: new Map(), // receiver track id -> last {delay, count}
+    jitterPrev: new Map(), // receiver track id / SSRC -> last {delay, count}
     sentPrev: null, // last outbound-rtp {packetsSent, timestamp}, for the packet time
     timers: [],
     statsBusy: false,
@@ -187,11 +187,25 @@ function leave() {
   if (!s) return;
   s.leaving = true;
   if (!state.joined) joinDeferred.reject(new Error('left before joining'));
-  send(s, { type: 'leave' });
+  if (s.resume?.droppedAt) sayLeaveOnResume(s);
+  else send(s, { type: 'leave' });
   teardown(s);
   state.phase = 'left';
   showStatus('You left the session.');
   render();
+}
+
+/**
+ * Leaving while the signaling socket is down: the server still holds our place for the
+ * reconnect grace, and the others would hear of our going only when it runs out. Resume once,
+ * just to say so (a close frame alone also counts as leaving).
+ */
+function sayLeaveOnResume(s) {
+  const ws = new WebSocket(`${wsUrl(s.token)}&resume=${encodeURIComponent(s.resume.token)}`);
+  ws.onopen = () => {
+    ws.send(JSON.stringify({ type: 'leave' }));
+    ws.close(1000, 'bye');
+  };
 }
 
 /** The Veza API ended the session: the server closes the socket next; say why first. */
@@ -972,18 +986,25 @@ async function subscriberStats(s) {
     if (!inbound) return;
     const entry = byPid.get(pid) ?? { level: null, jitterMs: null };
     if (typeof inbound.audioLevel === 'number') entry.level = Math.max(entry.level ?? 0, inbound.audioLevel);
-    const jitterMs = jitterBufferMs(s, track.id, inbound);
+    const jitterMs = jitterBufferMs(s, `${track.id}/${inbound.ssrc}`, inbound);
     if (jitterMs != null) entry.jitterMs = Math.max(entry.jitterMs ?? 0, jitterMs);
     byPid.set(pid, entry);
   }));
   return { byPid, rtt };
 }
 
+/**
+ * The receiver's current inbound audio stream. The server hands an m-section whose musician
+ * left to the next one (a new SSRC on the same receiver), and the earlier stream's stats may
+ * linger beside it: the one that received last is the live one.
+ */
 function findInboundAudio(report) {
+  let live = null;
   for (const st of report.values()) {
-    if (st.type === 'inbound-rtp' && (st.kind ?? st.mediaType) === 'audio') return st;
+    if (st.type !== 'inbound-rtp' || (st.kind ?? st.mediaType) !== 'audio') continue;
+    if (!live || (st.lastPacketReceivedTimestamp ?? 0) > (live.lastPacketReceivedTimestamp ?? 0)) live = st;
   }
-  return null;
+  return live;
 }
 
 /** Round-trip time of the candidate pair in use, in seconds, or null. */

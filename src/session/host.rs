@@ -588,7 +588,9 @@ impl Host {
         self.conns.touch(conn);
         match applied {
             Ok(()) => {
-                self.participants[key].negotiation.awaiting_answer = false;
+                let n = &mut self.participants[key].negotiation;
+                n.awaiting_answer = false;
+                n.reusable += std::mem::take(&mut n.releasing);
                 self.router.go_live(conn);
             }
             Err(e) => {
@@ -682,7 +684,16 @@ impl Host {
             streams: vec![self.participants[src].id.clone()],
             send_encodings: vec![],
         };
-        match conn.pc.add_transceiver_from_track(track, Some(init)).map(RTCRtpSenderId::from) {
+        let negotiation = &mut self.participants[dst].negotiation;
+        // `add_track` takes the first transceiver without a track (keeping it send-only); with
+        // none released or in flight, that is one whose end the client has answered.
+        let added = if negotiation.reusable > 0 && negotiation.released == 0 && negotiation.releasing == 0 {
+            negotiation.reusable -= 1;
+            conn.pc.add_track(track)
+        } else {
+            conn.pc.add_transceiver_from_track(track, Some(init)).map(RTCRtpSenderId::from)
+        };
+        match added {
             Ok(sender) => {
                 let leg = Route { dst: sub, sender, ssrc, offered: false, live: false };
                 self.router.add(src_conn, remote_id, leg);
@@ -701,6 +712,7 @@ impl Host {
                 && let Some(p) = self.participants.get_mut(owner)
             {
                 p.negotiation.wanted = true;
+                p.negotiation.released += 1;
             }
             self.conns.touch(leg.dst);
         }
@@ -733,6 +745,7 @@ impl Host {
             match offer {
                 Ok(Some(offer)) => {
                     p.negotiation.awaiting_answer = true;
+                    p.negotiation.releasing += std::mem::take(&mut p.negotiation.released);
                     self.router.mark_offered(conn);
                     self.send(key, ServerMessage::Offer { sdp: offer.sdp });
                 }

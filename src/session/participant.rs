@@ -27,6 +27,14 @@ pub struct SubscriberNegotiation {
     pub wanted: bool,
     /// The client asked for an ICE restart (`ice_restart`): the next offer carries one.
     pub ice_restart: bool,
+    /// Transceivers whose track was removed, by how far the client knows it: not offered yet,
+    /// offered as inactive (answer pending), and answered (free to carry another track). An
+    /// offer keeps one m-section per transceiver for the connection's life, so under churn
+    /// only reuse keeps it bounded; only answered ones are reused, so the client always sees
+    /// a track end before its m-section carries another musician.
+    pub released: usize,
+    pub releasing: usize,
+    pub reusable: usize,
 }
 
 pub struct Participant {

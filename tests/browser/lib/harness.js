@@ -238,19 +238,33 @@ export async function eventually(what, fn, { timeout = BOUND_MS, interval = 100 
 
 /**
  * Inbound audio as the subscriber connection's getStats reports it, one entry per inbound-rtp
- * stream, with the owning participant (the stream id the server assigned) when known.
+ * stream. `trackId` is the server's track id for what the m-section carries now, read from the
+ * server's latest offer: the server reuses an m-section whose musician left for the next one,
+ * and the browser keeps the receiver's MediaStreamTrack (and its id) across that, so the
+ * receiver's own track id names whoever first came on it.
  */
 export function inboundAudio(page) {
   return page.evaluate(async () => {
     const pc = window.veza.pcs.subscriber;
     if (!pc) return [];
+    const served = new Map(); // mid -> { trackId, ssrc } in the current offer
+    for (const section of (pc.remoteDescription?.sdp ?? '').split(/\r?\nm=/).slice(1)) {
+      const mid = section.match(/^a=mid:(\S+)/m)?.[1];
+      if (!mid) continue;
+      const ssrc = section.match(/^a=ssrc:(\d+)/m)?.[1];
+      served.set(mid, { trackId: section.match(/^a=msid:\S+ (\S+)/m)?.[1] ?? null, ssrc: ssrc ? Number(ssrc) : null });
+    }
     const out = [];
-    for (const receiver of pc.getReceivers()) {
+    for (const transceiver of pc.getTransceivers()) {
+      const { receiver } = transceiver;
       if (receiver.track?.kind !== 'audio') continue;
+      const now = served.get(transceiver.mid);
       for (const st of (await receiver.getStats()).values()) {
         if (st.type !== 'inbound-rtp') continue;
+        // A stream of an earlier musician on this m-section is not this one's.
+        if (now?.ssrc != null && st.ssrc !== now.ssrc) continue;
         out.push({
-          trackId: receiver.track.id,
+          trackId: now?.trackId ?? receiver.track.id,
           packetsReceived: st.packetsReceived ?? 0,
           packetsLost: st.packetsLost ?? 0,
           totalAudioEnergy: st.totalAudioEnergy ?? 0,

@@ -259,6 +259,11 @@ describe('browser jam through veza-sfu', () => {
       );
       assert.deepEqual(await participantNames(a), ['Alice', 'Bob', 'Carol']);
       await waitHears(b, await trackIdsOf(b, 'Alice'), 'Bob hears Alice again');
+      // She came back on the m-section she left: Bob's offers stay as large as the band,
+      // not one m-section more for every musician who ever joined.
+      const bobOffer = (await sdps(b)).subscriberOffer;
+      assert.equal(bobOffer.match(/^m=audio/gm).length, 2, bobOffer);
+      assert.equal(bobOffer.match(/^a=sendonly/gm).length, 2, bobOffer);
       await waitHears(a, await trackIdsOf(a, 'Carol'), 'Alice hears Carol after rejoining');
       assertNoPageErrors(a, b, c);
     });
