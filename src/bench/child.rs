@@ -41,7 +41,9 @@ pub fn pin_self_to_cpu(cpu: usize) {
 }
 
 impl Server {
-    pub async fn start(max_participants: usize, pin: bool) -> anyhow::Result<Server> {
+    /// Starts `veza-sfu serve --dev` with one media worker; `env` is set in the child only
+    /// (e.g. a profiler's `LD_PRELOAD`, or an allocator setting under test).
+    pub async fn start(max_participants: usize, pin: bool, env: &[(String, String)]) -> anyhow::Result<Server> {
         let data_dir = tempdir::Dir::new()?;
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--udp-port", "0"])
@@ -51,6 +53,7 @@ impl Server {
             // Every simulated musician joins from 127.0.0.1.
             .env("VEZA_HTTP__JOIN_ATTEMPTS_PER_MINUTE", "0")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);

@@ -85,7 +85,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let listeners = shape.listeners()?;
     let per_session = shape.publishers + listeners;
     let pin = !args.no_pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    let server = child::Server::start(per_session, pin).await?;
+    let server = child::Server::start(per_session, pin, &[]).await?;
     let rss_idle = server.rss_bytes()?;
 
     let interval = Duration::from_micros(1_000_000 / u64::from(shape.rate));

@@ -65,6 +65,17 @@ pub struct SoakArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// KEY=VALUE set in the server child's environment only, repeatable: a heap profiler's
+    /// preload (see README, Soak) or an allocator setting under test.
+    #[arg(long = "server-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub server_env: Vec<(String, String)>,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 impl SoakArgs {
@@ -166,7 +177,10 @@ struct Band {
 
 pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
     args.validate()?;
-    let server = Arc::new(Server::start(args.steady + args.churners, false).await?);
+    // A churner who vanished holds its place until ICE gives up on it and its reconnect
+    // grace runs out; room for as many of those as can churn keeps joins from being refused.
+    let capacity = args.steady + 2 * args.churners;
+    let server = Arc::new(Server::start(capacity, false, &args.server_env).await?);
     let activity = Arc::new(Activity::default());
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.minutes * 60.0);
