@@ -83,10 +83,27 @@ enum Command {
     },
 }
 
+/// glibc's malloc, left to itself, kept what a long-running server freed: the soak's live heap
+/// stayed at 4-7 MB while RSS climbed ~22 MiB/h, in steps at each recording and export. It
+/// raises its mmap threshold to the largest block freed so far, so an export's big buffers come
+/// back from the heap instead of `mmap` and stay there, and every thread that allocates gets an
+/// arena of its own. A fixed threshold returns large blocks to the system when freed; two arenas
+/// keep the rest packed (small allocations are served from per-thread caches without taking an
+/// arena lock either way). Before any thread starts.
+fn tame_glibc_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen, udp_port, log_json } => {
+            tame_glibc_malloc();
             init_logging(log_json);
             let mut cfg = load(&config)?;
             if let Some(listen) = listen {
