@@ -264,6 +264,9 @@ describe('browser jam through veza-sfu', () => {
       const bobOffer = (await sdps(b)).subscriberOffer;
       assert.equal(bobOffer.match(/^m=audio/gm).length, 2, bobOffer);
       assert.equal(bobOffer.match(/^a=sendonly/gm).length, 2, bobOffer);
+      // And Bob's page plays her through an element of her new participation.
+      const aliceAgain = await a.evaluate(() => window.veza.state.self.id);
+      await b.waitForSelector(`#audio-sinks audio[data-participant-id="${aliceAgain}"]`, { state: 'attached', timeout: BOUND_MS });
       await waitHears(a, await trackIdsOf(a, 'Carol'), 'Alice hears Carol after rejoining');
       assertNoPageErrors(a, b, c);
     });
