@@ -115,14 +115,12 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
         }
         Command::Bench(args) => {
-            if !args.no_pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
-                // The generator's threads inherit this: the server gets CPU 0 to itself.
-                veza_sfu::bench::pin_self_to_cpu(1);
-            }
+            // Before the runtime starts: its threads inherit the generator's CPU.
+            let placement = veza_sfu::bench::Placement::apply(args.no_pin);
             let report = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(veza_sfu::bench::run(&args))?;
+                .block_on(veza_sfu::bench::run(&args, placement))?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

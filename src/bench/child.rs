@@ -43,7 +43,11 @@ pub fn pin_self_to_cpu(cpu: usize) {
 impl Server {
     /// Starts `veza-sfu serve --dev` with one media worker; `env` is set in the child only
     /// (e.g. a profiler's `LD_PRELOAD`, or an allocator setting under test).
-    pub async fn start(max_participants: usize, pin: bool, env: &[(String, String)]) -> anyhow::Result<Server> {
+    pub async fn start(
+        max_participants: usize,
+        cpu: Option<usize>,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Server> {
         let data_dir = tempdir::Dir::new()?;
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--udp-port", "0"])
@@ -57,11 +61,11 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if pin {
+        if let Some(cpu) = cpu {
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
-                cmd.pre_exec(|| {
-                    pin_self_to_cpu(0);
+                cmd.pre_exec(move || {
+                    pin_self_to_cpu(cpu);
                     Ok(())
                 });
             }

@@ -1,7 +1,7 @@
 //! `veza-sfu bench`: a load generator that measures the server the way it runs in production.
 //!
 //! It starts the server as a child process (one media worker, pinned to CPU 0; the generator is
-//! pinned to CPU 1), joins simulated musicians with real ICE/DTLS/SRTP connections, and reports
+//! pinned to CPU 1, see [`Placement`]), joins simulated musicians with real ICE/DTLS/SRTP connections, and reports
 //! CPU per forwarded packet (from /proc), delivery (exact, by sequence numbers), end-to-end and
 //! server-side forwarding latency, join-to-first-audio and memory per participant.
 
@@ -18,7 +18,6 @@ use clap::Args;
 
 use crate::sim::stats::percentile;
 use crate::sim::{SimOptions, SimParticipant};
-pub use child::pin_self_to_cpu;
 use lean::LeanMusician;
 pub use report::Report;
 
@@ -80,12 +79,33 @@ impl Shape {
     }
 }
 
-pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+/// Which CPU the server and the generator each run on, when they have one to themselves.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Placement {
+    pub server_cpu: Option<usize>,
+    pub generator_cpu: Option<usize>,
+}
+
+impl Placement {
+    /// With two CPUs or more (and unless `no_pin`), pins the calling thread, and every thread
+    /// it starts later, to CPU 1, and reserves CPU 0 for the server. Call it before the
+    /// generator's runtime starts: its worker threads must inherit the pin, and once pinned,
+    /// this process sees one CPU (`available_parallelism` honours the affinity mask).
+    pub fn apply(no_pin: bool) -> Placement {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if no_pin || cpus < 2 {
+            return Placement { server_cpu: None, generator_cpu: None };
+        }
+        child::pin_self_to_cpu(1);
+        Placement { server_cpu: Some(0), generator_cpu: Some(1) }
+    }
+}
+
+pub async fn run(args: &BenchArgs, placement: Placement) -> anyhow::Result<Report> {
     let shape = &args.shape;
     let listeners = shape.listeners()?;
     let per_session = shape.publishers + listeners;
-    let pin = !args.no_pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    let server = child::Server::start(per_session, pin, &[]).await?;
+    let server = child::Server::start(per_session, placement.server_cpu, &[]).await?;
     let rss_idle = server.rss_bytes()?;
 
     let interval = Duration::from_micros(1_000_000 / u64::from(shape.rate));
@@ -159,6 +179,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let latency = after.forward_latency.minus(&before.forward_latency);
     let report = Report {
         shape: shape.clone(),
+        placement,
         participants,
         window_seconds: window,
         forwarded_packets: forwarded,

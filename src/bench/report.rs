@@ -23,6 +23,7 @@ pub struct Quantiles {
 pub struct Report {
     #[serde(skip)]
     pub shape: Shape,
+    pub placement: super::Placement,
     pub participants: usize,
     pub window_seconds: f64,
     pub forwarded_packets: u64,
@@ -54,6 +55,13 @@ impl fmt::Display for Report {
             f,
             "shape: {} session(s) x {} publishers, {} subscribers per stream, {} pkt/s, {} B payload, {} s (+{} s warmup)",
             s.sessions, s.publishers, s.subscribers, s.rate, s.payload, s.seconds, s.warmup
+        )?;
+        let cpu = |c: Option<usize>| c.map_or_else(|| "any CPU".to_owned(), |c| format!("CPU {c}"));
+        writeln!(
+            f,
+            "placement:                       server on {}, generator on {}",
+            cpu(self.placement.server_cpu),
+            cpu(self.placement.generator_cpu)
         )?;
         writeln!(f, "participants:                    {}", self.participants)?;
         writeln!(f, "forwarded_pps:                   {:.0}", self.forwarded_pps)?;

@@ -180,7 +180,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
     // A churner who vanished holds its place until ICE gives up on it and its reconnect
     // grace runs out; room for as many of those as can churn keeps joins from being refused.
     let capacity = args.steady + 2 * args.churners;
-    let server = Arc::new(Server::start(capacity, false, &args.server_env).await?);
+    let server = Arc::new(Server::start(capacity, None, &args.server_env).await?);
     let activity = Arc::new(Activity::default());
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.minutes * 60.0);
