@@ -247,3 +247,33 @@ async fn a_listener_hears_every_newcomer_through_churn_on_a_bounded_offer() {
     assert!(ana.errors().is_empty(), "{:?}", ana.errors());
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_get_sender_reports_that_count_and_time_what_was_forwarded() {
+    let server = common::start().await;
+    let url = server.ws_url();
+    let (ana, ben) = (join(&url, "reports", "ana").await, join(&url, "reports", "ben").await);
+    ana.start_publishing();
+    ben.wait_for_sender_reports(ana.id(), 3, WAIT).await.unwrap();
+    ana.stop_publishing();
+
+    let reports = ben.sender_reports(ana.id());
+    let payload_len = SimOptions::default().payload_len as u32;
+    let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    for r in &reports {
+        // RTP and RTCP of a leg travel in order on loopback: all it counted arrived before it.
+        assert_eq!(u64::from(r.packet_count), r.packets_before, "{r:?}");
+        assert_eq!(r.octet_count, r.packet_count * payload_len, "{r:?}");
+        // Its RTP time is on the forwarded packets' timeline, at or just after the newest one.
+        let newest = r.last_timestamp_before.expect("a report only after packets");
+        assert!(r.rtp_time.wrapping_sub(newest) < veza_sfu::sim::OPUS_CLOCK_RATE, "{r:?}");
+        let ntp_unix_seconds = (r.ntp_time >> 32) - 2_208_988_800;
+        assert!(ntp_unix_seconds.abs_diff(unix_now) < 600, "NTP time is not the wall clock: {r:?}");
+    }
+    for pair in reports.windows(2) {
+        assert_eq!(pair[0].ssrc, pair[1].ssrc, "one leg, one SSRC");
+        assert!(pair[1].packet_count > pair[0].packet_count, "{pair:?}");
+        assert!(pair[1].ntp_time > pair[0].ntp_time, "{pair:?}");
+    }
+    assert!(ana.sender_reports(ben.id()).is_empty(), "ben sends nothing, so nothing is reported on his leg");
+}

@@ -33,7 +33,7 @@ use crate::chat::{self, ChatRoom, RateLimiter};
 use crate::config::Config;
 use crate::media::conn::{ConnKey, Conns, ParticipantKey, Role};
 use crate::media::demux::Demux;
-use crate::media::forward::{Route, Router};
+use crate::media::forward::{ReportClock, Route, Router};
 use crate::media::peer::PeerFactory;
 use crate::media::sdp;
 use crate::record::tap::TrackIdentity;
@@ -117,6 +117,8 @@ pub struct Host {
     conns: Conns,
     demux: Demux,
     router: Router,
+    /// When the forwarded legs' next RTCP sender reports are due.
+    report_clock: ReportClock,
     sessions: HashMap<String, Session>,
     participants: Slab<Participant>,
     by_id: HashMap<String, ParticipantKey>,
@@ -143,6 +145,7 @@ impl Host {
             conns: Conns::default(),
             demux: Demux::default(),
             router: Router::default(),
+            report_clock: ReportClock::new(Instant::now()),
             sessions: HashMap::new(),
             participants: Slab::new(),
             by_id: HashMap::new(),
@@ -210,9 +213,15 @@ impl Host {
         self.conns.touch(key);
     }
 
-    /// The earliest time a connection wants `handle_timeout`.
+    /// The earliest time a connection, or the forwarded legs' sender reports, want
+    /// `handle_timeout`.
     pub fn next_timeout(&mut self) -> Option<Instant> {
-        self.conns.next_deadline()
+        let conns = self.conns.next_deadline();
+        if self.router.is_empty() {
+            return conns;
+        }
+        let reports = self.report_clock.deadline();
+        Some(conns.map_or(reports, |c| c.min(reports)))
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -224,6 +233,27 @@ impl Host {
                 self.conn_stats.maybe_sample(key, c.role, &mut c.pc, now);
             }
             self.conns.touch(key);
+        }
+        if !self.router.is_empty()
+            && let Some(slice) = self.report_clock.take_due(now)
+        {
+            self.send_sender_reports(now, slice);
+        }
+    }
+
+    /// Writes the sender reports of the legs in `slice` on their subscriber connections.
+    fn send_sender_reports(&mut self, now: Instant, slice: usize) {
+        let wall = SystemTime::now();
+        for (leg, report) in self.router.sender_reports(now, wall, |src| ReportClock::covers(slice, src)) {
+            let Some(conn) = self.conns.get_mut(leg.dst) else { continue };
+            if conn.state != RTCPeerConnectionState::Connected {
+                continue;
+            }
+            if let Some(mut sender) = conn.pc.rtp_sender(leg.sender)
+                && sender.write_rtcp(now, vec![Box::new(report)]).is_ok()
+            {
+                self.conns.touch(leg.dst);
+            }
         }
     }
 
@@ -695,7 +725,7 @@ impl Host {
         };
         match added {
             Ok(sender) => {
-                let leg = Route { dst: sub, sender, ssrc, offered: false, live: false };
+                let leg = Route::new(sub, sender, ssrc);
                 self.router.add(src_conn, remote_id, leg);
                 self.participants[dst].negotiation.wanted = true;
             }

@@ -47,7 +47,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::peer_connection::{PeerConnection, RTCSessionDescription};
 
 pub use peer::{OPUS_CLOCK_RATE, OPUS_FMTP, OPUS_PAYLOAD_TYPE};
-pub use stats::{OfferedTrack, ReceivedRtp, RemoteTrack, StreamStats};
+pub use stats::{OfferedTrack, ReceivedRtp, ReceivedSenderReport, RemoteTrack, StreamStats};
 
 use signal::{Frame, PcSlot, SignalSender};
 use state::{ChannelState, Shared, lock, within};
@@ -559,6 +559,22 @@ impl SimParticipant {
         let shared = &self.shared;
         let have = || lock(&shared.received).get(from).map_or(0, |s| s.stats.packets);
         within(timeout, || format!("{n} packets from {from} (have {})", have()), async {
+            shared.media_changed.until(|| (have() >= n).then_some(())).await;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The RTCP sender reports received for participant `source`'s audio, in arrival order.
+    pub fn sender_reports(&self, source: &str) -> Vec<ReceivedSenderReport> {
+        lock(&self.shared.sender_reports).get(source).cloned().unwrap_or_default()
+    }
+
+    /// Waits until `n` sender reports for `source`'s audio have arrived.
+    pub async fn wait_for_sender_reports(&self, source: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let shared = &self.shared;
+        let have = || lock(&shared.sender_reports).get(source).map_or(0, Vec::len);
+        within(timeout, || format!("{n} sender reports for {source} (have {})", have()), async {
             shared.media_changed.until(|| (have() >= n).then_some(())).await;
             Ok(())
         })

@@ -16,11 +16,12 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionState, Registry, SettingEngineBuilder,
-    register_default_interceptors,
 };
 
 use super::payload;
 use super::state::{ChannelState, PcWatch, Shared};
+use super::stats::ReceivedSenderReport;
+use crate::media::sender_reports::DeliverSenderReports;
 
 /// Payload type the sim offers Opus with (and stamps on its RTP packets).
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
@@ -76,7 +77,14 @@ pub(crate) async fn new_peer_connection(
         RTCRtpCodecParameters { rtp_codec: opus_codec(fmtp), payload_type: OPUS_PAYLOAD_TYPE },
         RtpCodecKind::Audio,
     )?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    // What `register_default_interceptors` sets up, but with the receiver-report interceptor
+    // handing sender reports to the application, so tests can check the server's.
+    use rtc::interceptor::{ReceiverReportBuilder, SenderReportBuilder, Slot};
+    use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_twcc_receiver_only};
+    let registry = configure_nack(Registry::new(), &mut media);
+    let registry = configure_twcc_receiver_only(registry, &mut media)?
+        .with(Slot::ReceiverReport, DeliverSenderReports::new(ReceiverReportBuilder::new().build()))
+        .with(Slot::SenderReport, SenderReportBuilder::new().build());
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_include_loopback_candidate(true)
@@ -169,11 +177,29 @@ async fn consume_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
     let tag = payload::stream_tag(&source);
     tracing::debug!(participant = %shared.id, %source, %track_id, "sim: remote track");
     shared.track_opened(&source, &track_id);
+    let (mut packets, mut last_timestamp) = (0u64, None);
     while let Some(event) = track.poll().await {
         match event {
             TrackRemoteEvent::OnRtpPacket(packet) => {
+                (packets, last_timestamp) = (packets + 1, Some(packet.header.timestamp));
                 shared.keep_rtp(&source, &packet);
                 shared.record_rtp(&source, tag, &packet.payload);
+            }
+            TrackRemoteEvent::OnRtcpPacket(rtcp) => {
+                for sr in
+                    rtcp.iter().filter_map(|p| p.as_any().downcast_ref::<rtc::rtcp::sender_report::SenderReport>())
+                {
+                    let report = ReceivedSenderReport {
+                        ssrc: sr.ssrc,
+                        ntp_time: sr.ntp_time,
+                        rtp_time: sr.rtp_time,
+                        packet_count: sr.packet_count,
+                        octet_count: sr.octet_count,
+                        packets_before: packets,
+                        last_timestamp_before: last_timestamp,
+                    };
+                    shared.record_sender_report(&source, report);
+                }
             }
             TrackRemoteEvent::OnEnded => break,
             _ => {}

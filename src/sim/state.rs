@@ -14,7 +14,7 @@ use webrtc::peer_connection::{RTCIceGatheringState, RTCPeerConnectionState};
 
 use super::ServerRefused;
 use super::payload;
-use super::stats::{OfferedTrack, ReceivedRtp, RemoteTrack, SourceState, StreamStats};
+use super::stats::{OfferedTrack, ReceivedRtp, ReceivedSenderReport, RemoteTrack, SourceState, StreamStats};
 
 /// Locks a std mutex, ignoring poisoning: the data is plain records, still usable after a panic.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,6 +132,8 @@ pub(crate) struct Shared {
     pub(crate) received: Mutex<HashMap<String, SourceState>>,
     /// Every RTP packet per source participant id, in arrival order; `None` unless asked for.
     pub(crate) kept_rtp: Option<Mutex<HashMap<String, Vec<ReceivedRtp>>>>,
+    /// RTCP sender reports per source participant id, in arrival order.
+    pub(crate) sender_reports: Mutex<HashMap<String, Vec<ReceivedSenderReport>>>,
     pub(crate) remote_tracks: Mutex<Vec<RemoteTrack>>,
     /// Tracks the latest applied subscriber offer sends.
     pub(crate) offered: Mutex<Vec<OfferedTrack>>,
@@ -168,6 +170,7 @@ impl Shared {
             chat_channel: watch::Sender::new(ChannelState::Connecting),
             received: Mutex::default(),
             kept_rtp: keep_rtp.then(Mutex::default),
+            sender_reports: Mutex::default(),
             remote_tracks: Mutex::default(),
             offered: Mutex::default(),
             media_changed: Changes::new(),
@@ -282,6 +285,11 @@ impl Shared {
                 payload: packet.payload.clone(),
             });
         }
+    }
+
+    pub(crate) fn record_sender_report(&self, source: &str, report: ReceivedSenderReport) {
+        lock(&self.sender_reports).entry(source.to_owned()).or_default().push(report);
+        self.media_changed.bump();
     }
 
     /// Accounts one RTP payload from `source` (whose stream tag is `tag`).

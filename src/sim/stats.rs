@@ -102,6 +102,20 @@ pub struct ReceivedRtp {
     pub payload: bytes::Bytes,
 }
 
+/// An RTCP sender report the server sent for a forwarded track, with what the track had
+/// delivered when it arrived (RTP and RTCP of a track come through one ordered stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedSenderReport {
+    pub ssrc: u32,
+    pub ntp_time: u64,
+    pub rtp_time: u32,
+    pub packet_count: u32,
+    pub octet_count: u32,
+    /// RTP packets of the track received before this report, and the newest one's timestamp.
+    pub packets_before: u64,
+    pub last_timestamp_before: Option<u32>,
+}
+
 /// A remote track the subscriber connection delivered (it shows up with its first packet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteTrack {
