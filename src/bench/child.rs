@@ -30,6 +30,18 @@ pub struct Sample {
     pub forward_latency: Histogram,
 }
 
+/// The CPUs the calling thread may run on, in increasing order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|cpu| libc::CPU_ISSET(*cpu, &set)).collect()
+    }
+}
+
 /// Pins the calling thread (and threads it creates later) to one CPU.
 pub fn pin_self_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
@@ -89,7 +101,15 @@ impl Server {
         let secret = crate::dev::read_secret(data_dir.path())?.context("the dev server left no secret")?;
         let minter = Minter::from_config(&AuthConfig { secret: Some(secret), ..AuthConfig::default() })?;
         let ws_url = format!("{}/v1/ws", http_url.replacen("http://", "ws://", 1));
-        Ok(Server { child, data_dir, ws_url, http_url, http: reqwest::Client::new(), minter })
+        let server = Server { child, data_dir, ws_url, http_url, http: reqwest::Client::new(), minter };
+        if let Some(cpu) = cpu {
+            // Figures from a server that shares the generator's core mean nothing: check.
+            let allowed = server.status_text("Cpus_allowed_list")?;
+            if allowed != cpu.to_string() {
+                bail!("the server runs on CPUs {allowed}, not on CPU {cpu} alone as pinned");
+            }
+        }
+        Ok(server)
     }
 
     pub fn token(&self, session: &str, user: &str, publish: bool) -> anyhow::Result<String> {
@@ -137,12 +157,16 @@ impl Server {
 
     /// The first number of a `Name:` line of /proc/PID/status.
     fn status_field(&self, name: &str) -> anyhow::Result<u64> {
+        let text = self.status_text(name)?;
+        text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).with_context(|| format!("{name}: {text:?}"))
+    }
+
+    /// The value of field `name` of /proc/PID/status, trimmed.
+    fn status_text(&self, name: &str) -> anyhow::Result<String> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
+            .find_map(|l| Some(l.strip_prefix(name)?.strip_prefix(':')?.trim().to_owned()))
             .with_context(|| format!("{name} in /proc/PID/status"))
     }
 

@@ -1,8 +1,8 @@
 //! `veza-sfu bench`: a load generator that measures the server the way it runs in production.
 //!
-//! It starts the server as a child process (one media worker, pinned to CPU 0; the generator is
-//! pinned to CPU 1, see [`Placement`]), joins simulated musicians with real ICE/DTLS/SRTP connections, and reports
-//! CPU per forwarded packet (from /proc), delivery (exact, by sequence numbers), end-to-end and
+//! It starts the server as a child process (one media worker, pinned to a CPU of its own; the
+//! generator is pinned to another, see [`Placement`]), joins simulated musicians with real
+//! ICE/DTLS/SRTP connections, and reports CPU per forwarded packet (from /proc), delivery (exact, by sequence numbers), end-to-end and
 //! server-side forwarding latency, join-to-first-audio and memory per participant.
 
 mod child;
@@ -88,16 +88,18 @@ pub struct Placement {
 
 impl Placement {
     /// With two CPUs or more (and unless `no_pin`), pins the calling thread, and every thread
-    /// it starts later, to CPU 1, and reserves CPU 0 for the server. Call it before the
-    /// generator's runtime starts: its worker threads must inherit the pin, and once pinned,
-    /// this process sees one CPU (`available_parallelism` honours the affinity mask).
+    /// it starts later, to the second CPU this process may use, and reserves the first for the
+    /// server. Call it before the generator's runtime starts: its worker threads must inherit
+    /// the pin, and once pinned, this process sees one CPU.
     pub fn apply(no_pin: bool) -> Placement {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if no_pin || cpus < 2 {
-            return Placement { server_cpu: None, generator_cpu: None };
+        let cpus = child::allowed_cpus();
+        match cpus[..] {
+            [server, generator, ..] if !no_pin => {
+                child::pin_self_to_cpu(generator);
+                Placement { server_cpu: Some(server), generator_cpu: Some(generator) }
+            }
+            _ => Placement { server_cpu: None, generator_cpu: None },
         }
-        child::pin_self_to_cpu(1);
-        Placement { server_cpu: Some(0), generator_cpu: Some(1) }
     }
 }
 
