@@ -5,6 +5,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{ReceiverReportBuilder, SenderReportBuilder, Slot};
+use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_twcc_receiver_only};
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -79,8 +82,6 @@ pub(crate) async fn new_peer_connection(
     )?;
     // What `register_default_interceptors` sets up, but with the receiver-report interceptor
     // handing sender reports to the application, so tests can check the server's.
-    use rtc::interceptor::{ReceiverReportBuilder, SenderReportBuilder, Slot};
-    use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_twcc_receiver_only};
     let registry = configure_nack(Registry::new(), &mut media);
     let registry = configure_twcc_receiver_only(registry, &mut media)?
         .with(Slot::ReceiverReport, DeliverSenderReports::new(ReceiverReportBuilder::new().build()))
@@ -186,9 +187,7 @@ async fn consume_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
                 shared.record_rtp(&source, tag, &packet.payload);
             }
             TrackRemoteEvent::OnRtcpPacket(rtcp) => {
-                for sr in
-                    rtcp.iter().filter_map(|p| p.as_any().downcast_ref::<rtc::rtcp::sender_report::SenderReport>())
-                {
+                for sr in rtcp.iter().filter_map(|p| p.as_any().downcast_ref::<SenderReport>()) {
                     let report = ReceivedSenderReport {
                         ssrc: sr.ssrc,
                         ntp_time: sr.ntp_time,
