@@ -261,8 +261,10 @@ async fn listeners_get_sender_reports_that_count_and_time_what_was_forwarded() {
     let payload_len = SimOptions::default().payload_len as u32;
     let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     for r in &reports {
-        // RTP and RTCP of a leg travel in order on loopback: all it counted arrived before it.
-        assert_eq!(u64::from(r.packet_count), r.packets_before, "{r:?}");
+        // RTP and RTCP of a leg travel in order: what it counts was sent before it, and on
+        // loopback arrived before it (all of it but for a rare drop on a loaded machine).
+        let counted = u64::from(r.packet_count);
+        assert!(r.packets_before <= counted && counted - r.packets_before <= 1 + counted / 100, "{r:?}");
         assert_eq!(r.octet_count, r.packet_count * payload_len, "{r:?}");
         // Its RTP time is on the forwarded packets' timeline, at or just after the newest one.
         let newest = r.last_timestamp_before.expect("a report only after packets");
