@@ -30,11 +30,12 @@ fn tiny_bench_run_completes_with_full_delivery() {
 #[test]
 fn tiny_lean_bench_run_completes_with_full_delivery_on_separate_cpus() {
     let report = tiny_run(&["--lean"]);
+    // The bench takes the first two CPUs it may use (and fails if the server is not on its own).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let expected = if cpus >= 2 {
-        serde_json::json!({ "server_cpu": 0, "generator_cpu": 1 })
+    let (server, generator) = (&report["placement"]["server_cpu"], &report["placement"]["generator_cpu"]);
+    if cpus >= 2 {
+        assert!(server.is_u64() && generator.is_u64() && server != generator, "{report}");
     } else {
-        serde_json::json!({ "server_cpu": null, "generator_cpu": null })
-    };
-    assert_eq!(report["placement"], expected, "{report}");
+        assert!(server.is_null() && generator.is_null(), "{report}");
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! It starts the server as a child process (one media worker, pinned to a CPU of its own; the
 //! generator is pinned to another, see [`Placement`]), joins simulated musicians with real
-//! ICE/DTLS/SRTP connections, and reports CPU per forwarded packet (from /proc), delivery (exact, by sequence numbers), end-to-end and
-//! server-side forwarding latency, join-to-first-audio and memory per participant.
+//! ICE/DTLS/SRTP connections, and reports CPU per forwarded packet (from /proc), delivery
+//! (exact, by sequence numbers), end-to-end and server-side forwarding latency,
+//! join-to-first-audio and memory per participant.
 
 mod child;
 mod lean;
